@@ -1,0 +1,1 @@
+//! Auth log parsing (filled in by the auth-log work).

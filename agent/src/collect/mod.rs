@@ -1,0 +1,1 @@
+//! Host data collection from /proc (filled in by the collectors work).

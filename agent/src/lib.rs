@@ -1,0 +1,6 @@
+//! The host agent: serves `ops.v1.Agent` over mutual TLS. Read-only host data
+//! (host info, snapshots, auth failures) and typed jobs, never a shell from the network.
+#![forbid(unsafe_code)]
+
+pub mod authlog;
+pub mod collect;

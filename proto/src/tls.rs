@@ -1,0 +1,440 @@
+//! Mutual TLS for ops.v1: rustls configurations for both sides, the client connector
+//! that dials an agent, the server-side stream of verified connections, and the
+//! classification of connection failures into words an operator understands.
+//!
+//! Both sides speak TLS 1.3 only and verify the peer against the fleet CA. Nothing here
+//! may ever skip verification.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::identity::PeerIdentity;
+
+/// The ALPN protocol gRPC runs over.
+const ALPN_H2: &[u8] = b"h2";
+
+/// Paths of the PEM files one side of a connection needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// The fleet CA certificate(s) that peers must chain to.
+    pub ca: PathBuf,
+    /// This side's certificate chain.
+    pub cert: PathBuf,
+    /// This side's private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+}
+
+/// Reading or building a TLS configuration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} file {path}: {source}")]
+    Read { what: &'static str, path: PathBuf, source: io::Error },
+    #[error("{what} file {path} holds no PEM {expected}")]
+    Empty { what: &'static str, path: PathBuf, expected: &'static str },
+    #[error("CA file {path}: {reason}")]
+    BadCa { path: PathBuf, reason: String },
+    #[error("certificate {cert} and key {key} do not form a usable identity: {reason}")]
+    BadIdentity { cert: PathBuf, key: PathBuf, reason: String },
+    #[error("invalid server name {0:?} for certificate verification")]
+    BadServerName(String),
+}
+
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.to_path_buf(), source })
+}
+
+/// Loads every certificate in a PEM file.
+pub fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path, what)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|source| TlsError::Read { what, path: path.to_path_buf(), source })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty { what, path: path.to_path_buf(), expected: "CERTIFICATE" });
+    }
+    Ok(certs)
+}
+
+/// Loads the first private key in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path, "key")?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|source| TlsError::Read { what: "key", path: path.to_path_buf(), source })?
+        .ok_or_else(|| TlsError::Empty { what: "key", path: path.to_path_buf(), expected: "PRIVATE KEY" })
+}
+
+fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut store = RootCertStore::empty();
+    for cert in load_certs(path, "CA")? {
+        store
+            .add(cert)
+            .map_err(|e| TlsError::BadCa { path: path.to_path_buf(), reason: e.to_string() })?;
+    }
+    Ok(Arc::new(store))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The agent's TLS configuration: TLS 1.3 only, a client certificate signed by the
+/// fleet CA required on every connection.
+pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
+    let roots = roots(&paths.ca)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| TlsError::BadCa { path: paths.ca.clone(), reason: e.to_string() })?;
+    let certs = load_certs(&paths.cert, "certificate")?;
+    let key = load_key(&paths.key)?;
+    let bad_identity = |e: rustls::Error| TlsError::BadIdentity {
+        cert: paths.cert.clone(),
+        key: paths.key.clone(),
+        reason: e.to_string(),
+    };
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(bad_identity)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(bad_identity)?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The controller's TLS configuration: TLS 1.3 only, the agent verified against the
+/// fleet CA, this side's certificate presented.
+pub fn client_config(paths: &TlsPaths) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = roots(&paths.ca)?;
+    let certs = load_certs(&paths.cert, "certificate")?;
+    let key = load_key(&paths.key)?;
+    client_config_from_parts(roots, Some((certs, key))).map_err(|e| TlsError::BadIdentity {
+        cert: paths.cert.clone(),
+        key: paths.key.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// A client configuration from parts; `identity` None connects without a client
+/// certificate (only useful to show that agents refuse such connections).
+pub fn client_config_from_parts(
+    roots: Arc<RootCertStore>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((certs, key)) => builder.with_client_auth_cert(certs, key)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Loads only the CA roots of a file (for callers assembling their own client config).
+pub fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    roots(path)
+}
+
+/// Where and how to reach one agent.
+#[derive(Debug, Clone)]
+pub struct AgentTarget {
+    /// host:port to dial.
+    pub address: String,
+    /// The name the agent's certificate must carry (DNS name or IP address).
+    pub server_name: String,
+}
+
+impl AgentTarget {
+    /// A target whose certificate name defaults to the host part of the address.
+    pub fn new(address: impl Into<String>, server_name: Option<String>) -> AgentTarget {
+        let address = address.into();
+        let server_name = server_name.unwrap_or_else(|| host_part(&address).to_string());
+        AgentTarget { address, server_name }
+    }
+}
+
+/// The host part of "host:port" or "[v6]:port".
+pub fn host_part(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match address.rsplit_once(':') {
+        Some((host, _)) => host,
+        None => address,
+    }
+}
+
+/// Timeouts for dialling an agent.
+#[derive(Debug, Clone, Copy)]
+pub struct DialTimeouts {
+    /// TCP connect plus TLS handshake.
+    pub connect: Duration,
+    /// Each unary request (streams are not bounded by it).
+    pub request: Option<Duration>,
+}
+
+impl Default for DialTimeouts {
+    fn default() -> Self {
+        DialTimeouts { connect: Duration::from_secs(5), request: Some(Duration::from_secs(30)) }
+    }
+}
+
+/// Opens an mTLS channel to an agent. The TCP connection and TLS handshake happen here,
+/// so an unreachable agent or a rejected certificate is reported by this call.
+pub async fn connect(
+    target: &AgentTarget,
+    config: Arc<ClientConfig>,
+    timeouts: DialTimeouts,
+) -> Result<Channel, ConnectError> {
+    let server_name = ServerName::try_from(target.server_name.clone())
+        .map_err(|_| ConnectError::new(FailureKind::Config, format!("invalid server name {:?}", target.server_name)))?;
+    // The URI is only a label for hyper; the connector below decides where to dial.
+    let uri = format!("https://{}", target.address);
+    let mut endpoint = Endpoint::from_shared(uri.clone())
+        .map_err(|e| ConnectError::new(FailureKind::Config, format!("invalid agent address {:?}: {e}", target.address)))?
+        .connect_timeout(timeouts.connect)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if let Some(t) = timeouts.request {
+        endpoint = endpoint.timeout(t);
+    }
+    let address = target.address.clone();
+    let connector = tower::service_fn(move |_: Uri| {
+        let address = address.clone();
+        let config = config.clone();
+        let server_name = server_name.clone();
+        let deadline = timeouts.connect;
+        async move {
+            let tcp = tokio::time::timeout(deadline, TcpStream::connect(&address))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out"))??;
+            tcp.set_nodelay(true)?;
+            let tls = tokio_rustls::TlsConnector::from(config);
+            let stream = tokio::time::timeout(deadline, tls.connect(server_name, tcp))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+            Ok::<_, io::Error>(TokioIo::new(stream))
+        }
+    });
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| ConnectError::classify(&e))
+}
+
+/// The kind of a connection failure, named for an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Nothing listens at the address.
+    Refused,
+    /// No answer within the deadline.
+    TimedOut,
+    /// The agent rejected our client certificate (missing, wrong CA, expired...).
+    ClientCertificateRejected,
+    /// The agent's certificate failed verification (wrong CA, wrong name, expired...).
+    ServerCertificateInvalid,
+    /// The host or network cannot be reached.
+    Unreachable,
+    /// The address or server name is not valid.
+    Config,
+    /// The connection dropped or the peer misbehaved.
+    Protocol,
+}
+
+impl FailureKind {
+    /// A short stable name for tables and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Refused => "connection refused",
+            FailureKind::TimedOut => "timed out",
+            FailureKind::ClientCertificateRejected => "client certificate rejected",
+            FailureKind::ServerCertificateInvalid => "agent certificate invalid",
+            FailureKind::Unreachable => "unreachable",
+            FailureKind::Config => "invalid target",
+            FailureKind::Protocol => "connection failed",
+        }
+    }
+}
+
+/// A connection (or call) failure: its kind and the detail that explains it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectError {
+    pub kind: FailureKind,
+    pub detail: String,
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.detail.is_empty() {
+            f.write_str(self.kind.as_str())
+        } else {
+            write!(f, "{}: {}", self.kind.as_str(), self.detail)
+        }
+    }
+}
+
+impl StdError for ConnectError {}
+
+impl ConnectError {
+    pub fn new(kind: FailureKind, detail: impl Into<String>) -> ConnectError {
+        ConnectError { kind, detail: detail.into() }
+    }
+
+    /// Walks an error's sources (through `io::Error` wrappers, which `source()` skips)
+    /// and names the first cause it recognises.
+    pub fn classify(err: &(dyn StdError + 'static)) -> ConnectError {
+        let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+        let mut last = err.to_string();
+        while let Some(e) = cur {
+            if let Some(r) = e.downcast_ref::<rustls::Error>() {
+                return from_rustls(r);
+            }
+            if let Some(io) = e.downcast_ref::<io::Error>() {
+                if let Some(inner) = io.get_ref() {
+                    if let Some(r) = inner.downcast_ref::<rustls::Error>() {
+                        return from_rustls(r);
+                    }
+                }
+                let kind = match io.kind() {
+                    io::ErrorKind::ConnectionRefused => Some(FailureKind::Refused),
+                    io::ErrorKind::TimedOut => Some(FailureKind::TimedOut),
+                    io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable
+                    | io::ErrorKind::AddrNotAvailable => Some(FailureKind::Unreachable),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof => Some(FailureKind::Protocol),
+                    _ => None,
+                };
+                if let Some(kind) = kind {
+                    return ConnectError::new(kind, io.to_string());
+                }
+                if let Some(inner) = io.get_ref() {
+                    cur = Some(inner);
+                    last = inner.to_string();
+                    continue;
+                }
+            }
+            if e.to_string().contains("timed out") || e.downcast_ref::<tokio::time::error::Elapsed>().is_some() {
+                return ConnectError::new(FailureKind::TimedOut, e.to_string());
+            }
+            last = e.to_string();
+            cur = e.source();
+        }
+        ConnectError::new(FailureKind::Protocol, last)
+    }
+}
+
+/// Names a rustls error: an alert from the agent means it rejected us; a local
+/// verification error means we rejected the agent.
+fn from_rustls(e: &rustls::Error) -> ConnectError {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    match e {
+        E::AlertReceived(alert) => {
+            let why = match alert {
+                A::CertificateRequired => "the agent requires a client certificate and none was sent",
+                A::UnknownCA => "the agent does not trust the CA that signed our certificate",
+                A::CertificateExpired => "the agent says our certificate has expired",
+                A::BadCertificate => "the agent says our certificate is bad",
+                A::DecryptError => "the agent could not verify our certificate's signature",
+                A::ProtocolVersion => "the agent requires TLS 1.3",
+                _ => "the agent sent a TLS alert",
+            };
+            ConnectError::new(FailureKind::ClientCertificateRejected, format!("{why} ({alert:?})"))
+        }
+        E::InvalidCertificate(c) => {
+            let why = match c {
+                C::Expired | C::ExpiredContext { .. } => "the agent's certificate has expired".to_string(),
+                C::NotValidYet | C::NotValidYetContext { .. } => "the agent's certificate is not valid yet".to_string(),
+                C::UnknownIssuer => "the agent's certificate is not signed by the fleet CA".to_string(),
+                C::NotValidForName | C::NotValidForNameContext { .. } => {
+                    format!("the agent's certificate does not match the expected name ({c:?})")
+                }
+                C::BadSignature => "the agent's certificate has a bad signature".to_string(),
+                other => format!("{other:?}"),
+            };
+            ConnectError::new(FailureKind::ServerCertificateInvalid, why)
+        }
+        other => ConnectError::new(FailureKind::Protocol, format!("TLS: {other}")),
+    }
+}
+
+/// Information about an accepted, verified connection, available to handlers as a
+/// request extension.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub remote_addr: Option<SocketAddr>,
+    /// `None` only when the verified certificate could not be parsed.
+    pub identity: Option<PeerIdentity>,
+}
+
+/// A server-side TLS connection that tells tonic who is on the other end.
+pub struct PeerStream {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl PeerStream {
+    /// Wraps an accepted connection, reading the peer's identity from its certificate.
+    pub fn new(inner: tokio_rustls::server::TlsStream<TcpStream>) -> PeerStream {
+        let remote_addr = inner.get_ref().0.peer_addr().ok();
+        let identity = inner
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|der| PeerIdentity::from_der(der.as_ref()).ok());
+        PeerStream { inner, info: PeerInfo { remote_addr, identity } }
+    }
+
+    pub fn info(&self) -> &PeerInfo {
+        &self.info
+    }
+}
+
+impl Connected for PeerStream {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
