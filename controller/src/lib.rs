@@ -1,1 +1,12 @@
+//! The fleet controller: discovers the fleet, drives agents over mutual TLS, runs the
+//! runbooks and writes their reports. `main.rs` only wires these together.
+#![forbid(unsafe_code)]
 
+pub mod aws_fleet;
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod fleet;
+pub mod output;
+pub mod pki;

@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod identity;
+/// The rustls version the TLS helpers are built on, for callers that name its types.
+pub use rustls;
 pub mod tls;
 
 /// Generated messages, client and server for package `ops.v1`.

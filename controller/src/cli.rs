@@ -1,0 +1,163 @@
+//! The command line: clap definitions (doc comments are the help text) and the
+//! dispatch from a parsed command to the library. Exit codes: 0 all good, 1 something
+//! checked failed or a host did not answer, 2 the command could not run.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::Dialer;
+use crate::commands::{diag, ping};
+use crate::config::ControllerConfig;
+use crate::fleet;
+use crate::output::OutputFormat;
+
+/// Drives the fleet's agents over mutual TLS and runs the operational runbooks.
+#[derive(Debug, Parser)]
+#[command(name = "controller", version, about)]
+pub struct Cli {
+    /// Controller configuration file (TOML).
+    #[arg(long, global = true, env = "OPS_CONTROLLER_CONFIG", default_value = "controller.toml")]
+    pub config: PathBuf,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fleet-wide operations.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+    /// Live diagnostics of one host (processes, memory, disks, load, connections).
+    Diag {
+        /// Host name (from the inventory) or EC2 instance id.
+        host: String,
+        /// Keep refreshing until interrupted (or until --count snapshots).
+        #[arg(long)]
+        follow: bool,
+        /// Time between snapshots when following (minimum 100ms).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Processes to show.
+        #[arg(long, default_value_t = 10)]
+        top: u32,
+        /// Stop after this many snapshots (implies following).
+        #[arg(long)]
+        count: Option<u32>,
+    },
+    /// Development PKI: fleet CA and certificates.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Contact every agent: reachable, identity, version, uptime, round trip.
+    Ping,
+    /// List the fleet as discovered (no agent is contacted).
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Write a fleet CA, an operator and a viewer client certificate into DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue an agent server certificate: DIR/agents/NAME.pem and NAME.key.
+    IssueAgent {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// IP address SAN (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+        /// DNS name SAN (repeatable); default: NAME when no --ip or --dns is given.
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 500ms, 2s, 1m)"))
+}
+
+/// The exit code of a command that did run.
+pub type ExitCode = i32;
+
+/// Runs a parsed command. Errors (exit 2) are returned for the caller to print.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let output = cli.output;
+    match cli.command {
+        Command::Pki(cmd) => run_pki(cmd),
+        Command::Fleet(FleetCommand::Ping) => {
+            let cfg = ControllerConfig::load(&cli.config)?;
+            let hosts = fleet::discover(&cfg).await?;
+            let dialer = Dialer::from_config(&cfg)?;
+            let rows = ping::ping(&dialer, &hosts).await;
+            match output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                OutputFormat::Table => print!("{}", ping::render(&rows)),
+            }
+            Ok(if rows.iter().all(|r| r.reachable) { 0 } else { 1 })
+        }
+        Command::Fleet(FleetCommand::List) => {
+            let cfg = ControllerConfig::load(&cli.config)?;
+            let hosts = fleet::discover(&cfg).await?;
+            match output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&hosts)?),
+                OutputFormat::Table => {
+                    let mut t = crate::output::Table::new(["HOST", "ADDRESS", "SERVER NAME", "INSTANCE", "TYPE"]);
+                    for h in &hosts {
+                        t.row([
+                            h.name.clone(), h.address.clone(), h.server_name.clone(),
+                            h.instance_id.clone().unwrap_or_else(|| "-".into()),
+                            h.instance_type.clone().unwrap_or_else(|| "-".into()),
+                        ]);
+                    }
+                    print!("{}", t.render());
+                }
+            }
+            Ok(0)
+        }
+        Command::Diag { host, follow, interval, top, count } => {
+            let cfg = ControllerConfig::load(&cli.config)?;
+            let hosts = fleet::discover(&cfg).await?;
+            let host = fleet::find(&hosts, &host)?;
+            let dialer = Dialer::from_config(&cfg)?;
+            let opts = diag::DiagOptions { follow: follow || count.is_some_and(|c| c > 1), interval, top, count, output };
+            let mut stdout = std::io::stdout().lock();
+            match diag::run(&dialer, host, &opts, &mut stdout).await {
+                Ok(_) => Ok(0),
+                Err(diag::DiagError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(1)
+                }
+            }
+        }
+    }
+}
+
+fn run_pki(cmd: PkiCommand) -> anyhow::Result<ExitCode> {
+    let written = match cmd {
+        PkiCommand::Init { dir, force } => crate::pki::init(&dir, force)?,
+        PkiCommand::IssueAgent { dir, name, ips, dns, force } => crate::pki::issue_agent(&dir, &name, &ips, &dns, force)?,
+    };
+    for p in written {
+        println!("wrote {}", p.display());
+    }
+    Ok(0)
+}

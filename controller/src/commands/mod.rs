@@ -1,0 +1,4 @@
+//! One module per controller subcommand.
+
+pub mod diag;
+pub mod ping;

@@ -1,0 +1,251 @@
+//! The controller's configuration file (TOML): where the fleet CA and the operator's
+//! certificate are, how to find the fleet, how to reach AWS. Unknown keys are rejected
+//! and everything is validated before any connection is made.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use ops_proto::tls::TlsPaths;
+
+/// The whole controller configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    pub tls: TlsSection,
+    #[serde(default)]
+    pub fleet: FleetConfig,
+    #[serde(default)]
+    pub aws: AwsConfig,
+}
+
+/// `[tls]`: the fleet CA and this operator's client certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsSection {
+    pub fn paths(&self) -> TlsPaths {
+        TlsPaths { ca: self.ca.clone(), cert: self.cert.clone(), key: self.key.clone() }
+    }
+}
+
+/// Where the list of hosts comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetSource {
+    /// `[[fleet.hosts]]` in this file.
+    #[default]
+    Static,
+    /// Running EC2 instances matching `tag_filters`.
+    Ec2,
+}
+
+/// `[fleet]`: the hosts to drive and how to dial them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    #[serde(default)]
+    pub source: FleetSource,
+    #[serde(default)]
+    pub hosts: Vec<StaticHost>,
+    /// EC2 source: tag key -> value that instances must carry.
+    #[serde(default)]
+    pub tag_filters: BTreeMap<String, String>,
+    /// EC2 source: "private-ip" (default), "public-ip" or "tag:<Key>" (the tag holds host:port).
+    #[serde(default = "default_address_mode")]
+    pub address: String,
+    #[serde(default = "default_agent_port")]
+    pub agent_port: u16,
+    /// How many hosts are contacted at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// TCP connect plus TLS handshake deadline, e.g. "3s".
+    #[serde(default = "default_connect_timeout", with = "humantime_serde_compat")]
+    pub connect_timeout: std::time::Duration,
+    /// Deadline of each unary call to an agent, e.g. "30s".
+    #[serde(default = "default_request_timeout", with = "humantime_serde_compat")]
+    pub request_timeout: std::time::Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            source: FleetSource::Static,
+            hosts: Vec::new(),
+            tag_filters: BTreeMap::new(),
+            address: default_address_mode(),
+            agent_port: default_agent_port(),
+            concurrency: default_concurrency(),
+            connect_timeout: default_connect_timeout(),
+            request_timeout: default_request_timeout(),
+        }
+    }
+}
+
+fn default_address_mode() -> String {
+    "private-ip".to_string()
+}
+fn default_agent_port() -> u16 {
+    ops_proto::DEFAULT_AGENT_PORT
+}
+fn default_concurrency() -> usize {
+    64
+}
+fn default_connect_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(3)
+}
+fn default_request_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+
+/// One `[[fleet.hosts]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticHost {
+    pub name: String,
+    /// host:port of the agent.
+    pub address: String,
+    /// The name to verify in the agent's certificate; default: the address's host part.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Application URL for connectivity checks (optional).
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// `[aws]`: overrides of the standard AWS environment.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+/// A configuration that could not be loaded, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl ControllerConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<ControllerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let mut cfg = Self::parse(&text)
+            .map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })?;
+        cfg.resolve_relative(path.parent().unwrap_or(Path::new(".")));
+        cfg.validate().map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text (no validation).
+    pub fn parse(text: &str) -> Result<ControllerConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Certificate paths are relative to the config file's folder.
+    fn resolve_relative(&mut self, base: &Path) {
+        for p in [&mut self.tls.ca, &mut self.tls.cert, &mut self.tls.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        let f = &self.fleet;
+        if f.concurrency == 0 {
+            return Err("[fleet] concurrency must be at least 1".into());
+        }
+        match f.source {
+            FleetSource::Static => {
+                let mut seen = std::collections::BTreeSet::new();
+                for (i, h) in f.hosts.iter().enumerate() {
+                    if h.name.trim().is_empty() {
+                        return Err(format!("[[fleet.hosts]] entry {} has an empty name", i + 1));
+                    }
+                    if !seen.insert(h.name.as_str()) {
+                        return Err(format!("[[fleet.hosts]] name {:?} appears twice", h.name));
+                    }
+                    if !h.address.contains(':') {
+                        return Err(format!(
+                            "[[fleet.hosts]] {:?}: address {:?} must be host:port",
+                            h.name, h.address
+                        ));
+                    }
+                }
+            }
+            FleetSource::Ec2 => {
+                if !f.hosts.is_empty() {
+                    return Err("[fleet] source = \"ec2\" does not take [[fleet.hosts]]; use source = \"static\"".into());
+                }
+            }
+        }
+        let mode = f.address.as_str();
+        if !(mode == "private-ip" || mode == "public-ip" || mode.strip_prefix("tag:").is_some_and(|k| !k.is_empty())) {
+            return Err(format!(
+                "[fleet] address = {mode:?}: expected \"private-ip\", \"public-ip\" or \"tag:<Key>\""
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Durations written as "3s", "500ms", "1m" in the config file.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\n";
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = ControllerConfig::parse(&format!("{BASE}[fleet]\nsorce = \"static\"\n")).unwrap_err();
+        assert!(err.contains("sorce"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_host_names_are_rejected() {
+        let text = format!(
+            "{BASE}[[fleet.hosts]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n[[fleet.hosts]]\nname = \"a\"\naddress = \"127.0.0.1:2\"\n"
+        );
+        let cfg = ControllerConfig::parse(&text).unwrap();
+        assert!(cfg.validate().unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn address_mode_must_be_known() {
+        let cfg = ControllerConfig::parse(&format!("{BASE}[fleet]\nsource = \"ec2\"\naddress = \"elastic\"\n")).unwrap();
+        assert!(cfg.validate().unwrap_err().contains("elastic"));
+        let cfg = ControllerConfig::parse(&format!("{BASE}[fleet]\nsource = \"ec2\"\naddress = \"tag:Agent\"\nconnect_timeout = \"250ms\"\n")).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.fleet.connect_timeout, std::time::Duration::from_millis(250));
+    }
+}
