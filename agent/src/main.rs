@@ -1,1 +1,85 @@
-fn main() {}
+//! `agent --config FILE`: load and validate the config, serve until SIGTERM or SIGINT,
+//! then shut down gracefully.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The fleet host agent: serves ops.v1.Agent over mutual TLS.
+#[derive(Debug, Parser)]
+#[command(name = "agent", version, about)]
+struct Args {
+    /// Agent configuration file (TOML).
+    #[arg(long, env = "OPS_AGENT_CONFIG", default_value = "/etc/ops-agent/agent.toml")]
+    config: PathBuf,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = match agent::config::AgentConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    if args.check {
+        println!("{}: ok", args.config.display());
+        return;
+    }
+    // Two workers are plenty for an agent and keep its memory small.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(8).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    let code = runtime.block_on(async {
+        let running = match agent::server::start(cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        };
+        // Tests and scripts read this line to learn the bound port.
+        println!("listening on {}", running.local_addr());
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        match running.shutdown().await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        }
+    });
+    std::process::exit(code);
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM ({e}); stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

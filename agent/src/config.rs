@@ -1,0 +1,211 @@
+//! The agent's configuration file (TOML). Unknown keys are rejected, relative paths are
+//! resolved against the file's folder, and everything is validated before any port is
+//! bound, so a typo fails at start-up with the file and key named.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use ops_proto::tls::TlsPaths;
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Address to serve on, e.g. "0.0.0.0:7443".
+    pub listen: String,
+    pub tls: TlsSection,
+    #[serde(default)]
+    pub auth_log: AuthLogConfig,
+    #[serde(default)]
+    pub metadata: MetadataConfig,
+}
+
+/// `[tls]`: the fleet CA that client certificates must chain to, and this agent's
+/// server certificate. Files are re-read when they change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[auth_log]`: where failed logins are read from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthLogConfig {
+    /// Candidates in order; the first that exists is read, with its rotated siblings.
+    #[serde(default = "default_auth_paths")]
+    pub paths: Vec<PathBuf>,
+    /// Failure events kept in memory to answer "since" queries without rescanning.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+}
+
+impl Default for AuthLogConfig {
+    fn default() -> Self {
+        AuthLogConfig { paths: default_auth_paths(), max_events: default_max_events() }
+    }
+}
+
+fn default_auth_paths() -> Vec<PathBuf> {
+    vec![PathBuf::from("/var/log/secure"), PathBuf::from("/var/log/auth.log")]
+}
+
+fn default_max_events() -> usize {
+    100_000
+}
+
+/// `[metadata]`: the EC2 instance metadata service, asked once at start for the
+/// instance id.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// Set false off EC2 to skip the lookup entirely.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Base URL (plain HTTP) of the metadata service.
+    #[serde(default = "default_imds_url")]
+    pub url: String,
+    /// How long to wait for it; it is on the local link, so a short wait is enough.
+    #[serde(default = "default_imds_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig { enabled: true, url: default_imds_url(), timeout_ms: default_imds_timeout_ms() }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_imds_url() -> String {
+    "http://169.254.169.254".to_string()
+}
+fn default_imds_timeout_ms() -> u64 {
+    300
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl AgentConfig {
+    /// Reads, parses, resolves and validates a config file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
+        let mut cfg: AgentConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        cfg.resolve_relative(path.parent().unwrap_or(Path::new(".")));
+        cfg.validate().map_err(invalid)?;
+        Ok(cfg)
+    }
+
+    fn resolve_relative(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.tls.ca);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+    }
+
+    /// The address to bind.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen
+            .parse()
+            .map_err(|e| format!("listen = {:?} is not an address like \"0.0.0.0:7443\": {e}", self.listen))
+    }
+
+    pub fn tls_paths(&self) -> TlsPaths {
+        TlsPaths { ca: self.tls.ca.clone(), cert: self.tls.cert.clone(), key: self.tls.key.clone() }
+    }
+
+    pub fn metadata_timeout(&self) -> Duration {
+        Duration::from_millis(self.metadata.timeout_ms)
+    }
+
+    /// Checks what the types cannot: addresses parse, files exist, bounds are sane.
+    pub fn validate(&self) -> Result<(), String> {
+        self.listen_addr()?;
+        for (key, p) in [("tls.ca", &self.tls.ca), ("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+            if !p.is_file() {
+                return Err(format!("{key} = {}: no such file", p.display()));
+            }
+        }
+        if self.auth_log.paths.is_empty() {
+            return Err("auth_log.paths must name at least one file".into());
+        }
+        if self.auth_log.max_events == 0 {
+            return Err("auth_log.max_events must be at least 1".into());
+        }
+        if !self.metadata.url.starts_with("http://") {
+            return Err(format!("metadata.url = {:?} must be a plain http:// URL", self.metadata.url));
+        }
+        if self.metadata.timeout_ms == 0 || self.metadata.timeout_ms > 10_000 {
+            return Err("metadata.timeout_ms must be between 1 and 10000".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        for f in ["ca.pem", "a.pem", "a.key"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        let p = dir.join("agent.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const TLS: &str = "[tls]\nca = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n";
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), &format!("listen = \"127.0.0.1:0\"\n{TLS}"));
+        let cfg = AgentConfig::load(&p).unwrap();
+        assert_eq!(cfg.tls.ca, dir.path().join("ca.pem"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), &format!("listen = \"127.0.0.1:0\"\nlistne = 1\n{TLS}"));
+        let err = AgentConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains("agent.toml") && err.contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn bad_listen_address_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), &format!("listen = \"localhost\"\n{TLS}"));
+        let err = AgentConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains("listen = \"localhost\""), "{err}");
+    }
+
+    #[test]
+    fn missing_certificate_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "listen = \"127.0.0.1:0\"\n[tls]\nca = \"nope.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n");
+        let err = AgentConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains("tls.ca") && err.contains("nope.pem"), "{err}");
+    }
+}

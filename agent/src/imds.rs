@@ -1,0 +1,105 @@
+//! The EC2 instance id from the instance metadata service (IMDSv2: a session token,
+//! then the id). Asked once, with a short deadline: off EC2 nothing answers and the
+//! agent must say so rather than hang.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest metadata response read; an instance id is 19 characters.
+const MAX_RESPONSE: usize = 16 * 1024;
+
+/// Asks the metadata service at `base_url` (http://host[:port]) for the instance id.
+pub async fn instance_id(base_url: &str, timeout: Duration) -> Result<String, String> {
+    match tokio::time::timeout(timeout, lookup(base_url)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("instance metadata service at {base_url} did not answer within {} ms", timeout.as_millis())),
+    }
+}
+
+async fn lookup(base_url: &str) -> Result<String, String> {
+    let authority = base_url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("metadata URL {base_url:?} is not http://"))?
+        .trim_end_matches('/');
+    let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
+    let token = request(
+        &addr,
+        &format!("PUT /latest/api/token HTTP/1.1\r\nHost: {authority}\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .await?;
+    let id = request(
+        &addr,
+        &format!("GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: {authority}\r\nX-aws-ec2-metadata-token: {token}\r\nConnection: close\r\n\r\n"),
+    )
+    .await?;
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(format!("instance metadata service returned an unexpected instance id {id:?}"));
+    }
+    Ok(id)
+}
+
+/// One HTTP/1.1 exchange; returns the body of a 200 response.
+async fn request(addr: &str, req: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("instance metadata service at {addr} unreachable: {e}"))?;
+    s.write_all(req.as_bytes()).await.map_err(|e| format!("instance metadata request failed: {e}"))?;
+    let mut buf = Vec::new();
+    s.take(MAX_RESPONSE as u64)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| format!("instance metadata response unreadable: {e}"))?;
+    parse_response(&buf)
+}
+
+fn parse_response(buf: &[u8]) -> Result<String, String> {
+    let text = String::from_utf8_lossy(buf);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("instance metadata response malformed")?;
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("instance metadata service answered {status:?}"));
+    }
+    Ok(body.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_200_body() {
+        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\ni-0123456789abcdef0").unwrap(), "i-0123456789abcdef0");
+        assert!(parse_response(b"HTTP/1.1 401 Unauthorized\r\n\r\n").unwrap_err().contains("401"));
+    }
+
+    #[tokio::test]
+    async fn a_silent_endpoint_times_out_quickly() {
+        // A listener that accepts nothing useful: connection succeeds, no answer ever comes.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let t = std::time::Instant::now();
+        let err = instance_id(&url, Duration::from_millis(200)).await.unwrap_err();
+        assert!(err.contains("did not answer within 200 ms"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+        drop(l);
+    }
+
+    #[tokio::test]
+    async fn answers_from_a_local_metadata_endpoint() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            for body in ["tok", "i-0abc"] {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await.unwrap();
+                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                s.write_all(resp.as_bytes()).await.unwrap();
+            }
+        });
+        let id = tokio::time::timeout(Duration::from_secs(5), instance_id(&url, Duration::from_secs(2))).await.unwrap();
+        assert_eq!(id.unwrap(), "i-0abc");
+    }
+}

@@ -1,0 +1,264 @@
+//! The listener: accepts TCP, completes TLS 1.3 with a required client certificate off
+//! the accept loop, serves `ops.v1.Agent` and `grpc.health.v1` on the verified
+//! connections, reloads certificates when their files change, and shuts down gracefully.
+//!
+//! A connection that fails the handshake (no client certificate, another CA, expired)
+//! never reaches a handler: it is logged and dropped here.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use ops_proto::tls::{self, PeerStream, TlsPaths};
+use ops_proto::v1::agent_server::AgentServer;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Server;
+
+use crate::config::AgentConfig;
+use crate::service::AgentService;
+
+/// Verified connections waiting for the gRPC server to pick them up.
+const ACCEPTED_QUEUE: usize = 64;
+/// Handshakes in progress at once; more connections wait in the kernel's backlog.
+const MAX_PENDING_HANDSHAKES: usize = 256;
+/// A client that does not finish its handshake in this time is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight calls may run after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often certificate files are checked for changes.
+const RELOAD_CHECK: Duration = Duration::from_secs(10);
+
+/// Counters that tests and operators can read.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Snapshot streams whose producer task is alive.
+    pub active_streams: AtomicUsize,
+    /// Connections refused during the TLS handshake.
+    pub refused_handshakes: AtomicU64,
+    /// Successful certificate reloads.
+    pub tls_reloads: AtomicU64,
+}
+
+/// Starting or running the server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("service setup failed: {0}")]
+    Service(String),
+    #[error("server task panicked: {0}")]
+    Panicked(String),
+}
+
+/// A running agent: its address, counters, and the handle to stop it.
+pub struct RunningAgent {
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ServeError>>,
+    health: tonic_health::server::HealthReporter,
+}
+
+impl RunningAgent {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Marks the agent NOT_SERVING, stops accepting, lets calls drain for a grace
+    /// period, then returns. Re-raises a panic of the server task.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.health.set_not_serving::<AgentServer<AgentService>>().await;
+        let _ = self.shutdown.send(true);
+        self.join().await
+    }
+
+    /// Waits for the server task to end.
+    pub async fn join(self) -> Result<(), ServeError> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(ServeError::Panicked(e.to_string())),
+        }
+    }
+}
+
+/// The current TLS configuration, replaced when the certificate files change.
+struct TlsState {
+    paths: TlsPaths,
+    current: RwLock<Arc<ServerConfig>>,
+    stamp: RwLock<Vec<Option<SystemTime>>>,
+}
+
+impl TlsState {
+    fn load(paths: TlsPaths) -> Result<TlsState, tls::TlsError> {
+        let config = tls::server_config(&paths)?;
+        let stamp = stamps(&paths);
+        Ok(TlsState { paths, current: RwLock::new(config), stamp: RwLock::new(stamp) })
+    }
+
+    fn current(&self) -> Arc<ServerConfig> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Rebuilds the configuration if any file changed; a broken new file keeps the old
+    /// configuration in force and is logged.
+    fn reload_if_changed(&self, stats: &Stats) {
+        let now = stamps(&self.paths);
+        let changed = self.stamp.read().map(|s| *s != now).unwrap_or(true);
+        if !changed {
+            return;
+        }
+        match tls::server_config(&self.paths) {
+            Ok(cfg) => {
+                if let Ok(mut g) = self.current.write() {
+                    *g = cfg;
+                }
+                if let Ok(mut s) = self.stamp.write() {
+                    *s = now;
+                }
+                stats.tls_reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("reloaded TLS certificates from {}", self.paths.cert.display());
+            }
+            Err(e) => tracing::error!("certificate files changed but cannot be used, keeping the previous ones: {e}"),
+        }
+    }
+}
+
+fn stamps(p: &TlsPaths) -> Vec<Option<SystemTime>> {
+    [&p.ca, &p.cert, &p.key]
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Binds, starts serving in the background and returns at once.
+pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, ServeError> {
+    cfg.validate().map_err(ServeError::Config)?;
+    let addr = cfg.listen_addr().map_err(ServeError::Config)?;
+    let tls_state = Arc::new(TlsState::load(cfg.tls_paths())?);
+    let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+
+    let stats = Arc::new(Stats::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let service = AgentService::new(&cfg, stats.clone(), shutdown_rx.clone())
+        .await
+        .map_err(ServeError::Service)?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AgentServer<AgentService>>().await;
+
+    let (conn_tx, conn_rx) = mpsc::channel::<Result<PeerStream, std::io::Error>>(ACCEPTED_QUEUE);
+    tokio::spawn(accept_loop(listener, tls_state.clone(), conn_tx, stats.clone(), shutdown_rx.clone()));
+    tokio::spawn(reload_loop(tls_state, stats.clone(), shutdown_rx.clone()));
+
+    let mut drain_rx = shutdown_rx.clone();
+    let task = tokio::spawn(async move {
+        let server = Server::builder()
+            .add_service(health_service)
+            .add_service(AgentServer::new(service))
+            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), wait_for(shutdown_rx));
+        tokio::pin!(server);
+        tokio::select! {
+            r = &mut server => return r.map_err(ServeError::from),
+            _ = wait_for(drain_rx.clone()) => {}
+        }
+        let _ = drain_rx.borrow_and_update();
+        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+            Ok(r) => r.map_err(ServeError::from),
+            Err(_) => {
+                tracing::warn!("calls still running {} s after shutdown began; closing them", SHUTDOWN_GRACE.as_secs());
+                Ok(())
+            }
+        }
+    });
+    tracing::info!("agent listening on {addr}");
+    Ok(RunningAgent { addr, stats, shutdown: shutdown_tx, task, health })
+}
+
+async fn wait_for(mut rx: watch::Receiver<bool>) {
+    // An Err means the sender is gone: treat it as shutdown too.
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls_state: Arc<TlsState>,
+    conns: mpsc::Sender<Result<PeerStream, std::io::Error>>,
+    stats: Arc<Stats>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = wait_for(shutdown.clone()) => return,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = wait_for(shutdown.clone()) => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls_state.current());
+        let conns = conns.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let stream = PeerStream::new(stream);
+                    if stream.info().identity.is_none() {
+                        tracing::warn!("refused connection from {peer}: client certificate unreadable");
+                        stats.refused_handshakes.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    let _ = conns.send(Ok(stream)).await;
+                }
+                Ok(Err(e)) => {
+                    stats.refused_handshakes.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("refused TLS connection from {peer}: {e}");
+                }
+                Err(_) => {
+                    stats.refused_handshakes.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("TLS handshake from {peer} did not finish within {} s", HANDSHAKE_TIMEOUT.as_secs());
+                }
+            }
+        });
+    }
+}
+
+async fn reload_loop(tls_state: Arc<TlsState>, stats: Arc<Stats>, shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(RELOAD_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => tls_state.reload_if_changed(&stats),
+            _ = wait_for(shutdown.clone()) => return,
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The `ops.v1.Agent` gRPC service: checks the caller's role, runs the collectors off
+//! the async threads, and maps errors to deliberate status codes.
+//!
+//! Read-only RPCs need any known role; changing the host needs `operator`. A caller
+//! with no known role gets PERMISSION_DENIED, and the refusal is logged.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ops_proto::identity::{PeerIdentity, Role};
+use ops_proto::tls::PeerInfo;
+use ops_proto::v1::agent_server::Agent;
+use ops_proto::v1::*;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::authlog::AuthLog;
+use crate::collect::{self, RawSample};
+use crate::config::AgentConfig;
+use crate::server::Stats;
+
+/// Snapshots buffered per stream; when the caller reads slower, samples are dropped and counted.
+const STREAM_BUFFER: usize = 4;
+/// Shortest stream interval.
+pub const MIN_STREAM_INTERVAL: Duration = Duration::from_millis(100);
+/// A CPU baseline must be at least this old to measure against...
+const MIN_CPU_WINDOW: Duration = Duration::from_millis(100);
+/// ...and at most this old, or the figures would describe the past.
+const MAX_CPU_WINDOW: Duration = Duration::from_secs(10);
+/// CPU window when no baseline is available and the caller did not choose one.
+const DEFAULT_CPU_WINDOW: Duration = Duration::from_millis(250);
+/// Baselines kept for the unary snapshot.
+const BASELINES: usize = 2;
+const DEFAULT_TOP_N: usize = 10;
+/// Upper bound on processes per list, whatever the caller asks.
+const MAX_TOP_N: usize = 500;
+
+/// The service state shared by all connections.
+#[derive(Clone)]
+pub struct AgentService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    auth: Arc<Mutex<AuthLog>>,
+    baselines: Mutex<Vec<Arc<RawSample>>>,
+    instance: Arc<Mutex<Result<String, String>>>,
+    stats: Arc<Stats>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl AgentService {
+    /// Builds the service; starts the one-off instance metadata lookup in the background.
+    pub async fn new(cfg: &AgentConfig, stats: Arc<Stats>, shutdown: watch::Receiver<bool>) -> Result<AgentService, String> {
+        let instance = Arc::new(Mutex::new(Err("instance metadata lookup still in progress".to_string())));
+        if cfg.metadata.enabled {
+            let slot = instance.clone();
+            let (url, timeout) = (cfg.metadata.url.clone(), cfg.metadata_timeout());
+            tokio::spawn(async move {
+                let r = crate::imds::instance_id(&url, timeout).await;
+                if let Err(e) = &r {
+                    tracing::info!("no EC2 instance id: {e}");
+                }
+                if let Ok(mut g) = slot.lock() {
+                    *g = r;
+                }
+            });
+        } else if let Ok(mut g) = instance.lock() {
+            *g = Err("instance metadata lookup disabled in the agent's config".into());
+        }
+        let auth = AuthLog::new(cfg.auth_log.paths.clone(), cfg.auth_log.max_events);
+        Ok(AgentService {
+            inner: Arc::new(Inner {
+                auth: Arc::new(Mutex::new(auth)),
+                baselines: Mutex::new(Vec::new()),
+                instance,
+                stats,
+                shutdown,
+            }),
+        })
+    }
+
+    /// A snapshot measured against a recent baseline when there is one, else over a
+    /// fresh window of `interval`.
+    async fn snapshot(&self, top_n: usize, interval: Duration) -> Result<Snapshot, Status> {
+        let baseline = self.pick_baseline();
+        let (prev, cur) = match baseline {
+            Some(prev) => (prev, Arc::new(blocking(collect::sample).await?)),
+            None => {
+                let first = Arc::new(blocking(collect::sample).await?);
+                tokio::time::sleep(interval).await;
+                let cur = Arc::new(blocking(collect::sample).await?);
+                self.remember(first.clone());
+                (first, cur)
+            }
+        };
+        self.remember(cur.clone());
+        let (p, c) = (prev.clone(), cur.clone());
+        blocking(move || collect::build_snapshot(&p, &c, top_n)).await
+    }
+
+    /// The newest baseline old enough to measure against.
+    fn pick_baseline(&self) -> Option<Arc<RawSample>> {
+        let g = self.inner.baselines.lock().ok()?;
+        g.iter()
+            .rev()
+            .find(|s| s.age() >= MIN_CPU_WINDOW && s.age() <= MAX_CPU_WINDOW)
+            .cloned()
+    }
+
+    /// Keeps a sample as a future baseline if it is spaced from the newest one, so that
+    /// back-to-back calls always find a baseline of at least MIN_CPU_WINDOW.
+    fn remember(&self, s: Arc<RawSample>) {
+        if let Ok(mut g) = self.inner.baselines.lock() {
+            g.retain(|b| b.age() <= MAX_CPU_WINDOW);
+            let spaced = g.last().is_none_or(|last| last.age() >= MIN_CPU_WINDOW + s.age());
+            if spaced {
+                g.push(s);
+                if g.len() > BASELINES {
+                    g.remove(0);
+                }
+            }
+        }
+    }
+}
+
+/// Runs blocking collection work off the async threads.
+async fn blocking<T, E, F>(f: F) -> Result<T, Status>
+where
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Status::internal(e.to_string())),
+        Err(e) => Err(Status::internal(format!("collector task failed: {e}"))),
+    }
+}
+
+/// The verified caller of a request.
+pub fn caller<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
+    req.extensions()
+        .get::<PeerInfo>()
+        .and_then(|p| p.identity.clone())
+        .ok_or_else(|| Status::unauthenticated("no verified client certificate on this connection"))
+}
+
+/// The caller, if its role allows at least `needed`.
+pub fn authorize<T>(req: &Request<T>, needed: Role, what: &str) -> Result<PeerIdentity, Status> {
+    let who = caller(req)?;
+    let allowed = match (who.role, needed) {
+        (Some(Role::Operator), _) => true,
+        (Some(Role::Viewer), Role::Viewer) => true,
+        _ => false,
+    };
+    if allowed {
+        Ok(who)
+    } else {
+        tracing::warn!("permission denied: {} may not {what}", who.describe());
+        Err(Status::permission_denied(format!(
+            "certificate {:?} has role {:?}; {what} needs the {needed} role",
+            who.name,
+            if who.role_claim.is_empty() { "none" } else { &who.role_claim }
+        )))
+    }
+}
+
+fn top_n(n: u32) -> usize {
+    if n == 0 {
+        DEFAULT_TOP_N
+    } else {
+        (n as usize).min(MAX_TOP_N)
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn get_host_info(&self, req: Request<HostInfoRequest>) -> Result<Response<HostInfo>, Status> {
+        let who = authorize(&req, Role::Viewer, "read host info")?;
+        let mut info = tokio::task::spawn_blocking(collect::host_info)
+            .await
+            .map_err(|e| Status::internal(format!("host info task failed: {e}")))?;
+        match self.inner.instance.lock().map(|g| g.clone()) {
+            Ok(Ok(id)) => info.instance_id = id,
+            Ok(Err(why)) => info.instance_id_error = why,
+            Err(_) => info.instance_id_error = "instance id unavailable".into(),
+        }
+        info.caller_identity = who.name;
+        info.caller_role = who.role_claim;
+        Ok(Response::new(info))
+    }
+
+    async fn get_snapshot(&self, req: Request<SnapshotRequest>) -> Result<Response<Snapshot>, Status> {
+        authorize(&req, Role::Viewer, "read snapshots")?;
+        let r = req.into_inner();
+        let interval = match r.cpu_interval_ms {
+            0 => DEFAULT_CPU_WINDOW,
+            ms if ms < 50 => return Err(Status::invalid_argument(format!("cpu_interval_ms = {ms}: the minimum is 50"))),
+            ms => Duration::from_millis(u64::from(ms.min(60_000))),
+        };
+        Ok(Response::new(self.snapshot(top_n(r.top_n), interval).await?))
+    }
+
+    type StreamSnapshotsStream = ReceiverStream<Result<Snapshot, Status>>;
+
+    async fn stream_snapshots(&self, req: Request<StreamSnapshotsRequest>) -> Result<Response<Self::StreamSnapshotsStream>, Status> {
+        authorize(&req, Role::Viewer, "stream snapshots")?;
+        let r = req.into_inner();
+        let interval = Duration::from_millis(u64::from(r.interval_ms));
+        if interval < MIN_STREAM_INTERVAL {
+            return Err(Status::invalid_argument(format!("interval_ms = {}: the minimum is {}", r.interval_ms, MIN_STREAM_INTERVAL.as_millis())));
+        }
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let stats = self.inner.stats.clone();
+        let shutdown = self.inner.shutdown.clone();
+        stats.active_streams.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            produce_snapshots(tx, interval, top_n(r.top_n), r.max_count, shutdown).await;
+            stats.active_streams.fetch_sub(1, Ordering::SeqCst);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_auth_failures(&self, req: Request<AuthFailuresRequest>) -> Result<Response<AuthFailures>, Status> {
+        authorize(&req, Role::Viewer, "read auth failures")?;
+        let r = req.into_inner();
+        let auth = self.inner.auth.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut log = auth.lock().map_err(|_| Status::internal("auth log state poisoned by an earlier failure"))?;
+            log.query(r.since_unix_ms, top_n(r.top_n), r.rescan).map_err(|e| Status::failed_precondition(e.to_string()))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("auth log task failed: {e}")))??;
+        Ok(Response::new(out))
+    }
+
+    async fn start_job(&self, req: Request<StartJobRequest>) -> Result<Response<Job>, Status> {
+        authorize(&req, Role::Operator, "start jobs")?;
+        Err(Status::unimplemented("jobs are not available in this agent build"))
+    }
+
+    async fn get_job(&self, req: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        authorize(&req, Role::Viewer, "read jobs")?;
+        Err(Status::unimplemented("jobs are not available in this agent build"))
+    }
+
+    async fn list_jobs(&self, req: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+        authorize(&req, Role::Viewer, "list jobs")?;
+        Err(Status::unimplemented("jobs are not available in this agent build"))
+    }
+
+    type WatchJobStream = ReceiverStream<Result<JobEvent, Status>>;
+
+    async fn watch_job(&self, req: Request<WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        authorize(&req, Role::Viewer, "watch jobs")?;
+        Err(Status::unimplemented("jobs are not available in this agent build"))
+    }
+
+    async fn cancel_job(&self, req: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+        authorize(&req, Role::Operator, "cancel jobs")?;
+        Err(Status::unimplemented("jobs are not available in this agent build"))
+    }
+}
+
+/// The producer of one snapshot stream. Stops when the caller goes away (send fails or
+/// the channel closes), after `max_count`, or on shutdown; never buffers more than
+/// STREAM_BUFFER snapshots.
+async fn produce_snapshots(
+    tx: mpsc::Sender<Result<Snapshot, Status>>,
+    interval: Duration,
+    top_n: usize,
+    max_count: u32,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut prev = match blocking(collect::sample).await {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent = 0u32;
+    let mut dropped = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tx.closed() => return,
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+        let cur = match blocking(collect::sample).await {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let (p, c) = (prev.clone(), cur.clone());
+        let snap = blocking(move || collect::build_snapshot(&p, &c, top_n)).await;
+        prev = cur;
+        let snap = snap.map(|mut s| {
+            s.dropped_snapshots = dropped;
+            s
+        });
+        match tx.try_send(snap) {
+            Ok(()) => sent += 1,
+            Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+        if max_count > 0 && sent >= max_count {
+            return;
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The controller binary against real agent processes: `fleet ping` with a live and a
+//! dead host (table and JSON), `diag --count` JSON lines, and the agent's graceful
+//! shutdown on SIGTERM.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use e2e::support::agent::{config_text, write_config, AgentProcess};
+use e2e::support::certs::TestPki;
+use e2e::support::{binary, free_port};
+
+fn controller_config(pki: &TestPki, hosts: &[(&str, String)]) -> PathBuf {
+    let mut text = format!(
+        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[fleet]\nsource = \"static\"\nconnect_timeout = \"2s\"\n",
+        pki.ca_file.display(),
+        pki.operator.cert.display(),
+        pki.operator.key.display()
+    );
+    for (name, addr) in hosts {
+        text.push_str(&format!("[[fleet.hosts]]\nname = \"{name}\"\naddress = \"{addr}\"\nserver_name = \"localhost\"\n"));
+    }
+    let p = pki.path().join("controller.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn controller(config: &PathBuf, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary("controller")).arg("--config").arg(config).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn start_agent(pki: &TestPki) -> AgentProcess {
+    let text = config_text(pki, &pki.agent, "127.0.0.1:0", "", "");
+    AgentProcess::start(&write_config(pki, "agent-proc", &text))
+}
+
+#[test]
+fn fleet_ping_reports_live_and_dead_hosts() {
+    let pki = TestPki::new();
+    let agent = start_agent(&pki);
+    let dead = format!("127.0.0.1:{}", free_port());
+    let cfg = controller_config(&pki, &[("web-1", agent.addr.to_string()), ("web-2", dead.clone())]);
+
+    let (code, out, err) = controller(&cfg, &["--output", "json", "fleet", "ping"]);
+    assert_eq!(code, 1, "one host is down, so exit 1; stderr: {err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let live = &rows[0];
+    assert_eq!(live["name"], "web-1");
+    assert_eq!(live["reachable"], true);
+    assert_eq!(live["hostname"], rustix::system::uname().nodename().to_str().unwrap());
+    assert_eq!(live["agent_version"], env!("CARGO_PKG_VERSION"));
+    assert!(live["latency_ms"].as_f64().unwrap() > 0.0);
+    assert!(live["error"].is_null());
+    let down = &rows[1];
+    assert_eq!(down["name"], "web-2");
+    assert_eq!(down["reachable"], false);
+    assert!(down["hostname"].is_null());
+    assert!(down["error"].as_str().unwrap().starts_with("connection refused"), "{}", down["error"]);
+
+    let (code, out, _) = controller(&cfg, &["fleet", "ping"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("web-1") && out.contains("yes"), "{out}");
+    assert!(out.contains("web-2") && out.contains("NO") && out.contains("connection refused"), "{out}");
+    assert!(out.contains("1/2 agents reachable"), "{out}");
+}
+
+#[test]
+fn diag_json_prints_one_object_per_snapshot() {
+    let pki = TestPki::new();
+    let agent = start_agent(&pki);
+    let cfg = controller_config(&pki, &[("web-1", agent.addr.to_string())]);
+    let (code, out, err) = controller(&cfg, &["--output", "json", "diag", "web-1", "--count", "2", "--interval", "200ms", "--top", "3"]);
+    assert_eq!(code, 0, "stderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let procs = v["processes"].as_array().unwrap();
+        assert!(!procs.is_empty() && procs.len() <= 3);
+        for p in procs {
+            assert!(p["pid"].as_i64().unwrap() > 0);
+            assert!(p["name"].is_string() && p["cpu_percent"].is_number() && p["rss_bytes"].is_number());
+        }
+        assert!(v["memory"]["total_bytes"].as_u64().unwrap() > v["memory"]["used_bytes"].as_u64().unwrap());
+    }
+    // A host that is not in the inventory is named in the error.
+    let (code, _, err) = controller(&cfg, &["diag", "nope"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no host named \"nope\"") && err.contains("web-1"), "{err}");
+}
+
+#[test]
+fn agent_exits_cleanly_on_sigterm() {
+    let pki = TestPki::new();
+    let mut agent = start_agent(&pki);
+    assert_eq!(agent.terminate(), Some(0), "stderr: {}", agent.stderr());
+    assert!(agent.stderr().contains("shutting down"));
+}
+
+#[test]
+fn agent_rejects_invalid_config_before_binding() {
+    let pki = TestPki::new();
+    let port = free_port();
+    let text = config_text(&pki, &pki.agent, &format!("127.0.0.1:{port}"), "", "[auth_log]\npaths = []\n");
+    let path = write_config(&pki, "bad", &text);
+    let out = Command::new(binary("agent")).arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("auth_log.paths"), "{err}");
+}

@@ -1,0 +1,160 @@
+//! Mutual TLS at the agent's door: only clients with a certificate from the fleet CA
+//! get in, the controller verifies the agent's name and validity, and the role in the
+//! certificate decides what a caller may do.
+
+use std::time::Duration;
+
+use e2e::support::agent::{dialer, host, spawn_in_process};
+use e2e::support::certs::TestPki;
+use ops_proto::tls::{self, ConnectError, FailureKind};
+use ops_proto::v1::HostInfoRequest;
+
+const T: Duration = Duration::from_secs(30);
+
+/// Connects and makes one call; returns the classified failure, if any.
+async fn try_call(config: std::sync::Arc<ops_proto::rustls::ClientConfig>, h: controller::fleet::Host) -> Result<String, ConnectError> {
+    let mut client = dialer(config).connect(&h).await?;
+    let info = client
+        .get_host_info(HostInfoRequest {})
+        .await
+        .map_err(|s| controller::client::call_error(&s))?;
+    Ok(info.into_inner().caller_role)
+}
+
+#[tokio::test]
+async fn operator_with_fleet_certificate_is_served_and_sees_its_role() {
+    tokio::time::timeout(T, async {
+        let pki = TestPki::new();
+        let agent = spawn_in_process(&pki, "", "").await;
+        let role = try_call(pki.operator_config(), host("a", agent.local_addr())).await.unwrap();
+        assert_eq!(role, "operator");
+        let role = try_call(pki.client_config(&pki.viewer), host("a", agent.local_addr())).await.unwrap();
+        assert_eq!(role, "viewer");
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn agent_rejects_client_without_certificate() {
+    tokio::time::timeout(T, async {
+        let pki = TestPki::new();
+        let agent = spawn_in_process(&pki, "", "").await;
+        let roots = tls::load_roots(&pki.ca_file).unwrap();
+        let config = tls::client_config_from_parts(roots, None).unwrap();
+        let err = try_call(config, host("a", agent.local_addr())).await.unwrap_err();
+        assert_eq!(err.kind, FailureKind::ClientCertificateRejected, "{err}");
+        assert!(err.to_string().contains("requires a client certificate"), "{err}");
+        assert!(agent.stats().refused_handshakes.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn agent_rejects_client_cert_from_other_ca() {
+    tokio::time::timeout(T, async {
+        let pki = TestPki::new();
+        let agent = spawn_in_process(&pki, "", "").await;
+        let (_other_ca, foreign) = pki.foreign_client();
+        // Trust the real fleet CA for the agent, but present a certificate from another CA.
+        let err = try_call(pki.client_config(&foreign), host("a", agent.local_addr())).await.unwrap_err();
+        assert_eq!(err.kind, FailureKind::ClientCertificateRejected, "{err}");
+        assert!(err.to_string().contains("does not trust the CA"), "{err}");
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn agent_rejects_expired_client_certificate() {
+    tokio::time::timeout(T, async {
+        let pki = TestPki::new();
+        let agent = spawn_in_process(&pki, "", "").await;
+        let expired = pki.client("expired-op", &ops_proto::identity::Role::Operator.uri(), Some(TestPki::expired()));
+        let err = try_call(pki.client_config(&expired), host("a", agent.local_addr())).await.unwrap_err();
+        assert_eq!(err.kind, FailureKind::ClientCertificateRejected, "{err}");
+        assert!(err.to_string().contains("expired"), "{err}");
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn controller_rejects_agent_with_wrong_server_name() {
+    tokio::time::timeout(T, async {
+        let pki = TestPki::new();
+        let agent = spawn_in_process(&pki, "", "").await;
+        let mut h = host("a", agent.local_addr());
+        h.server_name = "db-7.internal".into();
+        let err = try_call(pki.operator_config(), h).await.unwrap_err();
+        assert_eq!(err.kind, FailureKind::ServerCertificateInvalid, "{err}");
+        assert!(err.to_string().contains("does not match the expected name"), "{err}");
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn controller_rejects_agent_with_expired_certificate() {
+    tokio::time::timeout(T, async {
+        let pki = TestPki::new();
+        let expired = pki.agent_cert("old-agent", &["localhost"], Some(TestPki::expired()));
+        let text = e2e::support::agent::config_text(&pki, &expired, "127.0.0.1:0", "", "");
+        let path = e2e::support::agent::write_config(&pki, "expired-agent", &text);
+        let cfg = agent::config::AgentConfig::load(&path).unwrap();
+        let agent = agent::server::start(cfg).await.unwrap();
+        let err = try_call(pki.operator_config(), host("a", agent.local_addr())).await.unwrap_err();
+        assert_eq!(err.kind, FailureKind::ServerCertificateInvalid, "{err}");
+        assert!(err.to_string().contains("expired"), "{err}");
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn certificate_without_known_role_is_denied() {
+    tokio::time::timeout(T, async {
+        let pki = TestPki::new();
+        let agent = spawn_in_process(&pki, "", "").await;
+        let nobody = pki.client("nobody", "urn:ops:role:superuser", None);
+        let mut client = dialer(pki.client_config(&nobody)).connect(&host("a", agent.local_addr())).await.unwrap();
+        let status = client.get_host_info(HostInfoRequest {}).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(status.message().contains("superuser"), "{}", status.message());
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn agent_refuses_tls12_clients() {
+    tokio::time::timeout(T, async {
+        let pki = TestPki::new();
+        let agent = spawn_in_process(&pki, "", "").await;
+        let roots = tls::load_roots(&pki.ca_file).unwrap();
+        let certs = tls::load_certs(&pki.operator.cert, "certificate").unwrap();
+        let key = tls::load_key(&pki.operator.key).unwrap();
+        let mut cfg = ops_proto::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            ops_proto::rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&ops_proto::rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let err = try_call(std::sync::Arc::new(cfg), host("a", agent.local_addr())).await.unwrap_err();
+        assert!(err.to_string().contains("TLS 1.3"), "{err}");
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
