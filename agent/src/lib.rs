@@ -4,3 +4,8 @@
 
 pub mod authlog;
 pub mod collect;
+pub mod jobs;
+pub mod config;
+pub mod imds;
+pub mod server;
+pub mod service;

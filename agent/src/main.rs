@@ -25,6 +25,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = match agent::config::AgentConfig::load(&args.config) {
         Ok(c) => c,
@@ -46,6 +47,9 @@ fn main() {
         }
     };
     let code = runtime.block_on(async {
+        // Signal handlers exist before the address is announced, so a SIGTERM sent right
+        // after start-up is a graceful shutdown, not the default kill.
+        let signals = Signals::install();
         let running = match agent::server::start(cfg).await {
             Ok(r) => r,
             Err(e) => {
@@ -55,7 +59,7 @@ fn main() {
         };
         // Tests and scripts read this line to learn the bound port.
         println!("listening on {}", running.local_addr());
-        wait_for_signal().await;
+        signals.wait().await;
         tracing::info!("shutting down");
         match running.shutdown().await {
             Ok(()) => 0,
@@ -68,18 +72,32 @@ fn main() {
     std::process::exit(code);
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM and SIGINT, registered once.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate()).map_err(|e| tracing::warn!("cannot watch SIGTERM: {e}")).ok();
+        let int = signal(SignalKind::interrupt()).map_err(|e| tracing::warn!("cannot watch SIGINT: {e}")).ok();
+        Signals { term, int }
+    }
+
+    async fn wait(mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
         }
-        Err(e) => {
-            tracing::warn!("cannot watch SIGTERM ({e}); stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = recv(&mut self.term) => {}
+            _ = recv(&mut self.int) => {}
         }
     }
 }

@@ -1,9 +1,180 @@
-//! Fleet discovery from EC2 (running instances matching the configured tags).
+//! Fleet discovery from EC2: running instances carrying every `[fleet] tag_filters`
+//! tag become hosts, dialled at their private IP, public IP or the host:port held in a
+//! tag (`address = "tag:<Key>"`, which also lets tests point instances at loopback
+//! agents). Discovery only lists; it never contacts an agent.
 
-use crate::config::ControllerConfig;
+use std::collections::BTreeMap;
+
+use ops_proto::tls::AgentTarget;
+
+use crate::aws::ec2::{self, Instance};
+use crate::aws::AwsClients;
+use crate::config::{ControllerConfig, FleetConfig};
 use crate::fleet::{FleetError, Host};
+use crate::runbooks::config::{expand, RunbooksConfig, TemplateVars};
 
-/// Lists running instances matching `[fleet] tag_filters` as hosts.
-pub async fn discover(_cfg: &ControllerConfig) -> Result<Vec<Host>, FleetError> {
-    Err(FleetError::Ec2("this build has no EC2 support yet: use [fleet] source = \"static\"".into()))
+/// Lists running instances matching `[fleet] tag_filters` as hosts. Instances that
+/// cannot be dialled (no address of the configured kind) are left out with a warning.
+pub async fn discover(cfg: &ControllerConfig) -> Result<Vec<Host>, FleetError> {
+    let clients = AwsClients::load(&cfg.aws).await.map_err(|e| FleetError::Ec2(e.to_string()))?;
+    let instances = ec2::describe_instances(&clients.ec2, &cfg.fleet.tag_filters, &["running"])
+        .await
+        .map_err(|e| FleetError::Ec2(e.to_string()))?;
+    let (mut hosts, mut left_out) = hosts_from_instances(&instances, &cfg.fleet, &cfg.runbooks);
+    if clients.local_emulator {
+        let (keep, refuse): (Vec<Host>, Vec<Host>) =
+            hosts.into_iter().partition(|h| crate::aws::may_contact(true, ops_proto::tls::host_part(&h.address)));
+        hosts = keep;
+        left_out.extend(refuse.into_iter().map(|h| (h.instance_id.unwrap_or(h.name), crate::aws::NOT_CONTACTED.to_string())));
+    }
+    for (id, why) in left_out {
+        tracing::warn!(instance = %id, "left out of the fleet: {why}");
+    }
+    Ok(hosts)
+}
+
+/// Hosts for the given instances, plus (instance id, reason) for those that cannot be
+/// dialled. Names are the Name tag (or the instance id); a Name shared by several
+/// instances gets the instance id appended so that every host name is unique. Pure.
+pub fn hosts_from_instances(instances: &[Instance], fleet: &FleetConfig, runbooks: &RunbooksConfig) -> (Vec<Host>, Vec<(String, String)>) {
+    let mut name_count: BTreeMap<&str, usize> = BTreeMap::new();
+    for i in instances {
+        *name_count.entry(i.name.as_deref().unwrap_or(&i.id)).or_default() += 1;
+    }
+    let mut hosts = Vec::new();
+    let mut left_out = Vec::new();
+    for i in instances {
+        let base = i.name.as_deref().unwrap_or(&i.id);
+        let name = if name_count.get(base).copied().unwrap_or(0) > 1 && base != i.id { format!("{base}/{}", i.id) } else { base.to_string() };
+        match agent_address(i, fleet) {
+            Ok(address) => {
+                let target = AgentTarget::new(address, None);
+                hosts.push(Host {
+                    name,
+                    url: app_url(i, runbooks, ops_proto::tls::host_part(&target.address)).ok(),
+                    address: target.address,
+                    server_name: target.server_name,
+                    instance_id: Some(i.id.clone()),
+                    instance_type: i.instance_type.clone(),
+                    private_ip: i.private_ip.clone(),
+                    public_ip: i.public_ip.clone(),
+                });
+            }
+            Err(why) => left_out.push((i.id.clone(), why)),
+        }
+    }
+    (hosts, left_out)
+}
+
+/// host:port of the instance's agent as `[fleet] address` says. Pure.
+pub fn agent_address(i: &Instance, fleet: &FleetConfig) -> Result<String, String> {
+    let ip_port = |ip: &Option<String>, what: &str| {
+        ip.as_deref()
+            .map(|ip| if ip.contains(':') { format!("[{ip}]:{}", fleet.agent_port) } else { format!("{ip}:{}", fleet.agent_port) })
+            .ok_or_else(|| format!("no {what} IP address"))
+    };
+    match fleet.address.as_str() {
+        "private-ip" => ip_port(&i.private_ip, "private"),
+        "public-ip" => ip_port(&i.public_ip, "public"),
+        mode => {
+            let key = mode.strip_prefix("tag:").unwrap_or(mode);
+            let value = i.tags.get(key).ok_or_else(|| format!("no tag {key:?}"))?;
+            if value.contains(':') {
+                Ok(value.clone())
+            } else {
+                Ok(format!("{value}:{}", fleet.agent_port))
+            }
+        }
+    }
+}
+
+/// The application URL of an instance: its `app_url_tag` tag, else the `app_url`
+/// template. Err says what the template lacks (e.g. "no public ip"). Pure.
+pub fn app_url(i: &Instance, runbooks: &RunbooksConfig, agent_host: &str) -> Result<String, String> {
+    if let Some(url) = i.tags.get(&runbooks.app_url_tag) {
+        return Ok(url.clone());
+    }
+    expand(&runbooks.app_url, &vars(i, agent_host))
+}
+
+/// host:port of an instance's HTTPS endpoint: its `tls_endpoint_tag` tag, else the
+/// `tls_endpoint` template. Pure.
+pub fn tls_endpoint(i: &Instance, runbooks: &RunbooksConfig, agent_host: &str) -> Result<String, String> {
+    if let Some(ep) = i.tags.get(&runbooks.tls_endpoint_tag) {
+        return Ok(ep.clone());
+    }
+    expand(&runbooks.tls_endpoint, &vars(i, agent_host))
+}
+
+fn vars<'a>(i: &'a Instance, agent_host: &'a str) -> TemplateVars<'a> {
+    TemplateVars {
+        public_ip: i.public_ip.as_deref(),
+        private_ip: i.private_ip.as_deref(),
+        instance_id: Some(&i.id),
+        name: i.name.as_deref(),
+        host: Some(agent_host).filter(|h| !h.is_empty()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str, name: Option<&str>, tags: &[(&str, &str)]) -> Instance {
+        let mut t: BTreeMap<String, String> = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        if let Some(n) = name {
+            t.insert("Name".into(), n.into());
+        }
+        Instance {
+            id: id.into(),
+            name: name.map(str::to_string),
+            state: "running".into(),
+            instance_type: Some("t3.micro".into()),
+            private_ip: Some("10.0.1.5".into()),
+            public_ip: None,
+            launch_time: None,
+            tags: t,
+            volume_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn hosts_are_dialled_at_the_configured_address_kind() {
+        let mut fleet = FleetConfig::default();
+        let rb = RunbooksConfig::default();
+        let i = instance("i-1", Some("web-1"), &[("Agent", "127.0.0.1:9443")]);
+        assert_eq!(agent_address(&i, &fleet).unwrap(), "10.0.1.5:7443");
+        fleet.address = "public-ip".into();
+        assert_eq!(agent_address(&i, &fleet).unwrap_err(), "no public IP address");
+        fleet.address = "tag:Agent".into();
+        let (hosts, left) = hosts_from_instances(std::slice::from_ref(&i), &fleet, &rb);
+        assert!(left.is_empty());
+        assert_eq!(hosts[0].address, "127.0.0.1:9443");
+        assert_eq!(hosts[0].server_name, "127.0.0.1");
+        assert_eq!(hosts[0].instance_id.as_deref(), Some("i-1"));
+        assert_eq!(hosts[0].url, None, "no public IP and no AppUrl tag: no URL");
+    }
+
+    #[test]
+    fn shared_names_get_the_instance_id_and_undiallable_instances_are_named() {
+        let mut fleet = FleetConfig::default();
+        fleet.address = "tag:Agent".into();
+        let a = instance("i-a", Some("web"), &[("Agent", "127.0.0.1:1")]);
+        let b = instance("i-b", Some("web"), &[("Agent", "127.0.0.1:2")]);
+        let c = instance("i-c", None, &[]);
+        let (hosts, left) = hosts_from_instances(&[a, b, c], &fleet, &RunbooksConfig::default());
+        assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["web/i-a", "web/i-b"]);
+        assert_eq!(left, vec![("i-c".to_string(), "no tag \"Agent\"".to_string())]);
+    }
+
+    #[test]
+    fn the_url_tag_wins_over_the_template() {
+        let rb = RunbooksConfig::default();
+        let mut i = instance("i-1", None, &[("AppUrl", "http://127.0.0.1:8080/")]);
+        assert_eq!(app_url(&i, &rb, "").unwrap(), "http://127.0.0.1:8080/");
+        i.tags.clear();
+        i.public_ip = Some("203.0.113.9".into());
+        assert_eq!(app_url(&i, &rb, "").unwrap(), "http://203.0.113.9/");
+        assert_eq!(tls_endpoint(&i, &rb, "").unwrap(), "203.0.113.9:443");
+    }
 }

@@ -13,6 +13,7 @@ use crate::commands::{diag, ping};
 use crate::config::ControllerConfig;
 use crate::fleet;
 use crate::output::OutputFormat;
+use crate::runbooks::{self, Which};
 
 /// Drives the fleet's agents over mutual TLS and runs the operational runbooks.
 #[derive(Debug, Parser)]
@@ -53,6 +54,39 @@ pub enum Command {
     /// Development PKI: fleet CA and certificates.
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// Morning check: stack, instances, databases, application HTTP, alarms, overnight
+    /// errors, newest database backup, failed logins (log group and agents).
+    DailyHealthCheck(ReportArgs),
+    /// CPU, memory, disk and network per instance, database CPU and connections, from
+    /// CloudWatch, with the agents' live figures beside them.
+    PerformanceMonitoring {
+        /// Hours to look back (1 to 1440).
+        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=1440))]
+        hours: u32,
+        #[command(flatten)]
+        report: ReportArgs,
+    },
+    /// Backups.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Weekly review: IAM users, open security groups, failed logins, CloudTrail denials,
+    /// certificate expiry, listening ports, compliance.
+    SecurityReview(ReportArgs),
+}
+
+/// Where a runbook writes its text and JSON reports.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// Folder for the report files (created if missing).
+    #[arg(long, default_value = ".")]
+    pub report_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Retention and window per database, newest automated snapshot, last EBS
+    /// snapshots, snapshot sizes over time.
+    Verify(ReportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +166,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(0)
         }
+        Command::DailyHealthCheck(r) => Ok(runbooks::cli(Which::DailyHealthCheck, &cli.config, output, &r.report_dir).await?),
+        Command::PerformanceMonitoring { hours, report } => {
+            Ok(runbooks::cli(Which::PerformanceMonitoring { hours }, &cli.config, output, &report.report_dir).await?)
+        }
+        Command::Backup(BackupCommand::Verify(r)) => Ok(runbooks::cli(Which::BackupVerify, &cli.config, output, &r.report_dir).await?),
+        Command::SecurityReview(r) => Ok(runbooks::cli(Which::SecurityReview, &cli.config, output, &r.report_dir).await?),
         Command::Diag { host, follow, interval, top, count } => {
             let cfg = ControllerConfig::load(&cli.config)?;
             let hosts = fleet::discover(&cfg).await?;

@@ -18,6 +18,9 @@ pub struct ControllerConfig {
     pub fleet: FleetConfig,
     #[serde(default)]
     pub aws: AwsConfig,
+    /// `[runbooks]`: what the runbooks look at (stack, log groups, database, endpoints).
+    #[serde(default)]
+    pub runbooks: crate::runbooks::config::RunbooksConfig,
 }
 
 /// `[tls]`: the fleet CA and this operator's client certificate.
@@ -198,6 +201,7 @@ impl ControllerConfig {
                 }
             }
         }
+        self.runbooks.validate()?;
         let mode = f.address.as_str();
         if !(mode == "private-ip" || mode == "public-ip" || mode.strip_prefix("tag:").is_some_and(|k| !k.is_empty())) {
             return Err(format!(

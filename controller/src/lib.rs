@@ -2,6 +2,7 @@
 //! runbooks and writes their reports. `main.rs` only wires these together.
 #![forbid(unsafe_code)]
 
+pub mod aws;
 pub mod aws_fleet;
 pub mod cli;
 pub mod client;
@@ -9,4 +10,5 @@ pub mod commands;
 pub mod config;
 pub mod fleet;
 pub mod output;
+pub mod runbooks;
 pub mod pki;

@@ -331,6 +331,12 @@ impl ConnectError {
                     continue;
                 }
             }
+            // h2 keeps only the text of an I/O error it saw, so a TLS alert that arrives
+            // after the handshake (TLS 1.3 client-certificate rejection) is known by its words.
+            if let Some(alert) = e.to_string().split("received fatal alert: ").nth(1) {
+                let name: String = alert.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+                return from_alert_name(&name);
+            }
             if e.to_string().contains("timed out") || e.downcast_ref::<tokio::time::error::Elapsed>().is_some() {
                 return ConnectError::new(FailureKind::TimedOut, e.to_string());
             }
@@ -341,11 +347,29 @@ impl ConnectError {
     }
 }
 
+/// Names an alert known only by its Debug name (e.g. "CertificateRequired").
+fn from_alert_name(name: &str) -> ConnectError {
+    use rustls::AlertDescription as A;
+    let alert = [
+        A::CertificateRequired, A::UnknownCA, A::CertificateExpired, A::BadCertificate, A::DecryptError,
+        A::ProtocolVersion, A::HandshakeFailure, A::AccessDenied, A::CertificateRevoked, A::UnsupportedCertificate,
+    ]
+    .into_iter()
+    .find(|a| format!("{a:?}") == name);
+    match alert {
+        Some(a) => from_rustls(&rustls::Error::AlertReceived(a)),
+        None => ConnectError::new(FailureKind::Protocol, format!("the agent sent a TLS alert ({name})")),
+    }
+}
+
 /// Names a rustls error: an alert from the agent means it rejected us; a local
 /// verification error means we rejected the agent.
 fn from_rustls(e: &rustls::Error) -> ConnectError {
     use rustls::{AlertDescription as A, CertificateError as C, Error as E};
     match e {
+        E::AlertReceived(A::ProtocolVersion) => {
+            ConnectError::new(FailureKind::Protocol, "the agent requires TLS 1.3 (ProtocolVersion alert)")
+        }
         E::AlertReceived(alert) => {
             let why = match alert {
                 A::CertificateRequired => "the agent requires a client certificate and none was sent",
@@ -353,7 +377,6 @@ fn from_rustls(e: &rustls::Error) -> ConnectError {
                 A::CertificateExpired => "the agent says our certificate has expired",
                 A::BadCertificate => "the agent says our certificate is bad",
                 A::DecryptError => "the agent could not verify our certificate's signature",
-                A::ProtocolVersion => "the agent requires TLS 1.3",
                 _ => "the agent sent a TLS alert",
             };
             ConnectError::new(FailureKind::ClientCertificateRejected, format!("{why} ({alert:?})"))

@@ -1,0 +1,293 @@
+//! The failure events the agent remembers between queries, kept compact (24 bytes each,
+//! names interned) and bounded: the oldest are evicted first and counted, and the name
+//! tables are rebuilt when evictions leave them mostly unused. Answers a query from memory;
+//! never touches files.
+
+use std::borrow::Borrow;
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::net::IpAddr;
+
+use super::parse::Kind;
+
+/// Name tables are compacted when they hold more than this many entries beyond twice the
+/// number of retained events: cheap amortised, and bounds memory under user-name spraying.
+const INTERN_SLACK: usize = 1024;
+
+#[derive(Clone, Copy, Debug)]
+struct Event {
+    unix_ms: i64,
+    user: u32,
+    source: u32,
+    kind: u8,
+}
+
+/// Interns names: each distinct key is stored once, with its display form made once.
+struct Interner<K> {
+    ids: HashMap<K, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl<K: Hash + Eq> Interner<K> {
+    fn new() -> Self {
+        Interner {
+            ids: HashMap::new(),
+            names: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    fn intern<Q>(&mut self, key: &Q, display: impl FnOnce(&Q) -> String) -> u32
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned + ?Sized,
+        Q::Owned: Into<K>,
+    {
+        if let Some(&id) = self.ids.get(key) {
+            return id;
+        }
+        // Compaction keeps the tables within a few times `max_events`, far below u32::MAX.
+        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.names.push(display(key).into_boxed_str());
+        self.ids.insert(key.to_owned().into(), id);
+        id
+    }
+
+    fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", |name| name)
+    }
+}
+
+/// Counts over the events at or after a time.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Summary {
+    pub failed_password: u64,
+    pub invalid_user: u64,
+    pub failed_publickey: u64,
+    pub total: u64,
+    pub top_users: Vec<(String, u64)>,
+    pub top_sources: Vec<(String, u64)>,
+    /// Oldest retained event (whatever `since`), 0 when none is retained.
+    pub oldest_event_unix_ms: i64,
+}
+
+pub(crate) struct EventStore {
+    events: VecDeque<Event>,
+    users: Interner<Box<[u8]>>,
+    sources: Interner<IpAddr>,
+    max_events: usize,
+    evicted: u64,
+}
+
+impl EventStore {
+    pub(crate) fn new(max_events: usize) -> EventStore {
+        EventStore {
+            events: VecDeque::new(),
+            users: Interner::new(),
+            sources: Interner::new(),
+            max_events,
+            evicted: 0,
+        }
+    }
+
+    /// Events evicted since the store was created.
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub(crate) fn push(&mut self, unix_ms: i64, kind: Kind, user: &[u8], source: IpAddr) {
+        if self.max_events == 0 {
+            self.evicted += 1;
+            return;
+        }
+        if self.events.len() >= self.max_events {
+            self.events.pop_front();
+            self.evicted += 1;
+        }
+        let user = self
+            .users
+            .intern(user, |u| String::from_utf8_lossy(u).into_owned());
+        let source = self.sources.intern(&source, IpAddr::to_string);
+        self.events.push_back(Event {
+            unix_ms,
+            user,
+            source,
+            kind: kind as u8,
+        });
+        let limit = 2 * self.events.len() + INTERN_SLACK;
+        if self.users.len() > limit || self.sources.len() > limit {
+            self.compact();
+        }
+    }
+
+    /// Rebuilds the name tables from the retained events, dropping evicted names.
+    fn compact(&mut self) {
+        let old_users = std::mem::replace(&mut self.users, Interner::new());
+        let old_sources = std::mem::replace(&mut self.sources, Interner::new());
+        let user_keys = invert(old_users.ids);
+        let source_keys = invert(old_sources.ids);
+        for event in &mut self.events {
+            let user = event.user as usize;
+            if let (Some(Some(key)), Some(name)) = (user_keys.get(user), old_users.names.get(user))
+            {
+                event.user = self.users.intern::<[u8]>(key, |_| name.to_string());
+            }
+            let source = event.source as usize;
+            if let (Some(Some(key)), Some(name)) =
+                (source_keys.get(source), old_sources.names.get(source))
+            {
+                event.source = self.sources.intern(key, |_| name.to_string());
+            }
+        }
+    }
+
+    /// Counts events at or after `since_unix_ms`, with the `top_n` most frequent users and
+    /// sources (ties broken by name).
+    pub(crate) fn summarize(&self, since_unix_ms: i64, top_n: usize) -> Summary {
+        let mut summary = Summary::default();
+        let mut per_user = vec![0u64; self.users.len()];
+        let mut per_source = vec![0u64; self.sources.len()];
+        let mut oldest = i64::MAX;
+        for event in &self.events {
+            oldest = oldest.min(event.unix_ms);
+            if event.unix_ms < since_unix_ms {
+                continue;
+            }
+            match Kind::from_u8(event.kind) {
+                Some(Kind::FailedPassword) => summary.failed_password += 1,
+                Some(Kind::InvalidUser) => summary.invalid_user += 1,
+                Some(Kind::FailedPublickey) => summary.failed_publickey += 1,
+                None => continue,
+            }
+            summary.total += 1;
+            if let Some(count) = per_user.get_mut(event.user as usize) {
+                *count += 1;
+            }
+            if let Some(count) = per_source.get_mut(event.source as usize) {
+                *count += 1;
+            }
+        }
+        summary.oldest_event_unix_ms = if oldest == i64::MAX { 0 } else { oldest };
+        summary.top_users = top(&per_user, top_n, |id| self.users.name(id));
+        summary.top_sources = top(&per_source, top_n, |id| self.sources.name(id));
+        summary
+    }
+}
+
+fn invert<K>(ids: HashMap<K, u32>) -> Vec<Option<K>> {
+    let mut keys: Vec<Option<K>> = Vec::new();
+    keys.resize_with(ids.len(), || None);
+    for (key, id) in ids {
+        if let Some(slot) = keys.get_mut(id as usize) {
+            *slot = Some(key);
+        }
+    }
+    keys
+}
+
+/// The `n` largest non-zero counts, most frequent first, ties by name.
+fn top<'a>(counts: &[u64], n: usize, name: impl Fn(u32) -> &'a str) -> Vec<(String, u64)> {
+    let mut ranked: Vec<(u64, u32)> = counts
+        .iter()
+        .zip(0u32..)
+        .filter(|(count, _)| **count > 0)
+        .map(|(count, id)| (*count, id))
+        .collect();
+    let order =
+        |a: &(u64, u32), b: &(u64, u32)| b.0.cmp(&a.0).then_with(|| name(a.1).cmp(name(b.1)));
+    if n == 0 {
+        return Vec::new();
+    }
+    if ranked.len() > n {
+        ranked.select_nth_unstable_by(n - 1, order);
+        ranked.truncate(n);
+    }
+    ranked.sort_unstable_by(order);
+    ranked
+        .into_iter()
+        .map(|(count, id)| (name(id).to_owned(), count))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn summary_counts_kinds_since_and_ranks_ties_by_name() {
+        let mut store = EventStore::new(100);
+        store.push(1_000, Kind::FailedPassword, b"root", ip("192.0.2.2"));
+        store.push(2_000, Kind::FailedPassword, b"root", ip("192.0.2.1"));
+        store.push(3_000, Kind::InvalidUser, b"admin", ip("192.0.2.1"));
+        store.push(4_000, Kind::FailedPublickey, b"git", ip("2001:db8::1"));
+        store.push(5_000, Kind::InvalidUser, b"bob", ip("192.0.2.2"));
+
+        let all = store.summarize(0, 2);
+        assert_eq!(
+            (
+                all.failed_password,
+                all.invalid_user,
+                all.failed_publickey,
+                all.total
+            ),
+            (2, 2, 1, 5)
+        );
+        assert_eq!(
+            all.top_users,
+            vec![("root".to_owned(), 2), ("admin".to_owned(), 1)]
+        );
+        assert_eq!(
+            all.top_sources,
+            vec![("192.0.2.1".to_owned(), 2), ("192.0.2.2".to_owned(), 2)]
+        );
+        assert_eq!(all.oldest_event_unix_ms, 1_000);
+
+        let recent = store.summarize(3_000, 10);
+        assert_eq!(recent.total, 3);
+        assert_eq!(recent.top_users.len(), 3);
+        assert_eq!(recent.oldest_event_unix_ms, 1_000);
+    }
+
+    #[test]
+    fn oldest_events_are_evicted_and_counted() {
+        let mut store = EventStore::new(2);
+        for ms in 1..=5 {
+            store.push(ms, Kind::FailedPassword, b"root", ip("192.0.2.1"));
+        }
+        assert_eq!((store.len(), store.evicted()), (2, 3));
+        assert_eq!(store.summarize(0, 10).oldest_event_unix_ms, 4);
+    }
+
+    #[test]
+    fn name_tables_shrink_after_many_distinct_names_are_evicted() {
+        let mut store = EventStore::new(10);
+        for i in 0..10_000u32 {
+            let user = format!("spray{i}");
+            let source = IpAddr::from(i.to_be_bytes());
+            store.push(i64::from(i), Kind::InvalidUser, user.as_bytes(), source);
+        }
+        assert!(
+            store.users.len() <= 2 * 10 + INTERN_SLACK + 1,
+            "{}",
+            store.users.len()
+        );
+        let summary = store.summarize(0, 1);
+        assert_eq!(summary.total, 10);
+        assert_eq!(summary.top_users, vec![("spray9990".to_owned(), 1)]);
+        assert_eq!(summary.top_sources, vec![("0.0.39.10".to_owned(), 1)]);
+    }
+}

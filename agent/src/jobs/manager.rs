@@ -1,0 +1,508 @@
+//! `JobManager`: the job engine's front door (start, get, list, watch, cancel, shutdown)
+//! and the in-memory index of jobs, backed by the store.
+//!
+//! Decisions that must be atomic (idempotency key, the one-job-at-a-time slot, the
+//! queue) are taken under one short std mutex that is never held across an await. Disk
+//! and audit I/O happen outside it.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ops_proto::identity::PeerIdentity;
+use ops_proto::v1::{Job, JobEvent, JobState, StartJobRequest};
+use serde_json::json;
+use tokio::sync::{oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+
+use super::audit::Audit;
+use super::config::JobSettings;
+use super::kinds;
+use super::output::Progress;
+use super::runner::StopReason;
+use super::spec::{is_finished, kind_name, spec_json, state_name};
+use super::store::Store;
+use super::{task, watch as watcher, JobError, DEFAULT_LIST_LIMIT};
+
+/// Extra time, beyond the kill grace period, that cancel and shutdown wait for a job to end.
+const END_WAIT_SLACK: Duration = Duration::from_secs(5);
+
+/// Runs and remembers jobs. Cheap to share: hand out the `Arc`.
+pub struct JobManager {
+    shared: Arc<Shared>,
+}
+
+pub(super) struct Shared {
+    pub(super) settings: JobSettings,
+    pub(super) store: Store,
+    pub(super) audit: Audit,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+pub(super) struct Inner {
+    pub(super) jobs: HashMap<String, Entry>,
+    by_key: HashMap<String, String>,
+    /// The job holding the one-at-a-time slot.
+    pub(super) running: Option<String>,
+    /// Jobs waiting for the slot, first come first served.
+    pub(super) queue: VecDeque<String>,
+    pub(super) shutting_down: bool,
+}
+
+pub(super) struct Entry {
+    pub(super) job: Job,
+    pub(super) progress: watch::Sender<Progress>,
+    /// Present while the job is queued or running.
+    pub(super) stop: Option<watch::Sender<Option<StopReason>>>,
+    /// Present while the job waits in the queue.
+    pub(super) go: Option<oneshot::Sender<()>>,
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn grace(&self) -> Duration {
+        Duration::from_secs(self.settings.jobs.kill_grace_seconds)
+    }
+
+    /// Writes a record on the blocking pool.
+    pub(super) async fn persist(&self, job: Job) -> Result<(), JobError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.write(&job))
+            .await
+            .map_err(|e| JobError::Internal(e.to_string()))?
+            .map_err(JobError::from)
+    }
+
+    /// Removes finished jobs beyond the configured age and count.
+    pub(super) async fn prune(&self) {
+        let now = now_ms();
+        let cfg = &self.settings.jobs;
+        let victims = {
+            let mut inner = self.lock();
+            let finished: Vec<(String, i64)> = inner
+                .jobs
+                .values()
+                .filter(|e| is_finished(e.job.state))
+                .map(|e| (e.job.id.clone(), e.job.created_unix_ms))
+                .collect();
+            let max_age_ms = i64::try_from(cfg.keep_max_age_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX);
+            let victims = prune_plan(finished, now, cfg.keep_max_jobs, max_age_ms);
+            for id in &victims {
+                if let Some(e) = inner.jobs.remove(id) {
+                    if !e.job.idempotency_key.is_empty() {
+                        inner.by_key.remove(&e.job.idempotency_key);
+                    }
+                }
+            }
+            victims
+        };
+        if victims.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            victims.iter().filter_map(|id| store.remove(id).err()).map(|e| e.to_string()).collect::<Vec<_>>()
+        })
+        .await;
+        match res {
+            Ok(errors) => errors.iter().for_each(|e| warn!(error = %e, "cannot prune an old job")),
+            Err(e) => warn!(error = %e, "pruning old jobs failed"),
+        }
+    }
+}
+
+/// Which finished jobs to delete: older than `max_age_ms`, then all but the newest
+/// `keep_max`. Input: (id, created ms).
+pub fn prune_plan(mut finished: Vec<(String, i64)>, now_ms: i64, keep_max: usize, max_age_ms: i64) -> Vec<String> {
+    finished.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+    finished
+        .into_iter()
+        .enumerate()
+        .filter(|(i, (_, created))| *i >= keep_max || now_ms.saturating_sub(*created) > max_age_ms)
+        .map(|(_, (id, _))| id)
+        .collect()
+}
+
+pub(super) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Time-ordered, unique enough to never collide on one host: `20250101T120000123Z-1a2b3c`.
+fn new_job_id() -> String {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    format!("{}-{:06x}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ"), h.finish() & 0xff_ffff)
+}
+
+fn may_change_hosts(caller: &PeerIdentity) -> bool {
+    caller.role.is_some_and(|r| r.may_change_hosts())
+}
+
+/// What the slot decision under the lock came to.
+enum Admission {
+    Existing(Job),
+    Conflict { job_id: String },
+    Busy { running: String },
+    ShuttingDown,
+    Admitted { job: Job, stop: watch::Receiver<Option<StopReason>>, go: Option<oneshot::Receiver<()>> },
+}
+
+impl JobManager {
+    /// Opens (or creates) `<state_dir>/jobs`, loads the jobs there, turns those that were
+    /// queued or running into `interrupted` (the agent stopped under them), prunes old ones.
+    pub async fn open(settings: JobSettings) -> Result<Arc<JobManager>, JobError> {
+        settings.validate().map_err(JobError::Config)?;
+        let state_dir = settings.state_dir.clone();
+        let audit_path = settings.audit_log_path();
+        let audit_dir = audit_path.parent().map(|p| p.to_path_buf());
+        let (store, loaded, unreadable) = tokio::task::spawn_blocking(move || {
+            if let Some(dir) = audit_dir {
+                std::fs::create_dir_all(&dir).map_err(|source| {
+                    JobError::Store(super::store::StoreError { op: "create the audit log's directory", path: dir, source })
+                })?;
+            }
+            let store = Store::open(&state_dir)?;
+            let (jobs, bad) = store.load_all()?;
+            Ok::<_, JobError>((store, jobs, bad))
+        })
+        .await
+        .map_err(|e| JobError::Internal(e.to_string()))??;
+        for u in &unreadable {
+            warn!(dir = %u.dir.display(), reason = %u.reason, "skipping a job directory whose record cannot be read");
+        }
+        let shared = Arc::new(Shared { settings, store, audit: Audit::new(audit_path), inner: Mutex::default() });
+        let now = now_ms();
+        let mut inner = Inner::default();
+        for mut job in loaded {
+            if !is_finished(job.state) {
+                let was = state_name(job.state);
+                job.error = if job.started_unix_ms == 0 {
+                    "the agent stopped (restart, crash or reboot) before this job started; it never ran".into()
+                } else {
+                    "the agent stopped (restart, crash or reboot) while this job was running; it did not finish \
+                     and its effect on the host is unknown: check the host and the job's output"
+                        .into()
+                };
+                job.state = JobState::Interrupted as i32;
+                job.finished_unix_ms = now;
+                job.output_bytes = shared.store.output_len(&job.id);
+                shared.persist(job.clone()).await?;
+                warn!(job_id = %job.id, was, "marked a job interrupted: the agent stopped while it was {was}");
+                let line = json!({ "job_id": job.id, "state": "interrupted", "was": was, "error": job.error });
+                if let Err(e) = shared.audit.record("finished", None, line).await {
+                    warn!(error = %e, "cannot audit an interrupted job");
+                }
+            }
+            let progress = watch::Sender::new(Progress { written: job.output_bytes, finished: Some(Arc::new(job.clone())) });
+            if !job.idempotency_key.is_empty() {
+                inner.by_key.insert(job.idempotency_key.clone(), job.id.clone());
+            }
+            inner.jobs.insert(job.id.clone(), Entry { job, progress, stop: None, go: None });
+        }
+        *shared.lock() = inner;
+        shared.prune().await;
+        Ok(Arc::new(JobManager { shared }))
+    }
+
+    /// Starts a job (or returns the one its idempotency key already started).
+    pub async fn start(&self, req: StartJobRequest, caller: &PeerIdentity) -> Result<Job, JobError> {
+        let sh = &self.shared;
+        let spec_value = req.spec.as_ref().map(spec_json).unwrap_or(serde_json::Value::Null);
+        if !may_change_hosts(caller) {
+            warn!(caller = %caller.describe(), "job start denied: the caller's role may not change hosts");
+            let line = json!({ "spec": spec_value, "reason": "role may not start jobs" });
+            if let Err(e) = sh.audit.record("start_denied", Some(caller), line).await {
+                warn!(error = %e, "cannot audit a denied job start");
+            }
+            return Err(JobError::PermissionDenied { caller: caller.describe(), action: "start jobs" });
+        }
+        let refuse = |reason: String| {
+            let line = json!({ "spec": spec_value, "reason": reason });
+            async move {
+                warn!(caller = %caller.describe(), %reason, "job start refused");
+                sh.audit.record("start_refused", Some(caller), line).await
+            }
+        };
+        let Some(spec) = req.spec.clone() else {
+            let msg = "the request has no job spec".to_string();
+            refuse(msg.clone()).await?;
+            return Err(JobError::InvalidSpec(msg));
+        };
+        let check = {
+            let (sh, spec) = (self.shared.clone(), spec.clone());
+            tokio::task::spawn_blocking(move || kinds::prepare(&spec, &sh.settings))
+                .await
+                .map_err(|e| JobError::Internal(e.to_string()))?
+        };
+        let prepared = match check {
+            Ok(p) => p,
+            Err(msg) => {
+                refuse(msg.clone()).await?;
+                return Err(JobError::InvalidSpec(msg));
+            }
+        };
+        let timeout_seconds = match req.timeout_seconds {
+            0 => prepared.configured_timeout_seconds().unwrap_or(sh.settings.jobs.default_timeout_seconds),
+            t => u64::from(t),
+        };
+        let admission = self.admit(&req, spec, caller, timeout_seconds);
+        let (job, stop, go) = match admission {
+            Admission::Existing(job) => {
+                info!(job_id = %job.id, key = %req.idempotency_key, "idempotency key matched an existing job");
+                return Ok(job);
+            }
+            Admission::Conflict { job_id } => {
+                return Err(JobError::IdempotencyConflict { key: req.idempotency_key, job_id });
+            }
+            Admission::ShuttingDown => return Err(JobError::ShuttingDown),
+            Admission::Busy { running } => {
+                refuse(format!("busy: job {running} is running")).await?;
+                return Err(JobError::Busy { running });
+            }
+            Admission::Admitted { job, stop, go } => (job, stop, go),
+        };
+        // On disk and in the audit log before anything runs; undone if either fails.
+        let store = sh.store.clone();
+        let record = job.clone();
+        let created = tokio::task::spawn_blocking(move || store.create(&record))
+            .await
+            .map_err(|e| JobError::Internal(e.to_string()))
+            .and_then(|r| r.map_err(JobError::from));
+        let audited = match created {
+            Ok(()) => {
+                let line = json!({
+                    "job_id": job.id,
+                    "spec": spec_value,
+                    "idempotency_key": job.idempotency_key,
+                    "timeout_seconds": job.timeout_seconds,
+                    "queued": go.is_some(),
+                });
+                sh.audit.record("start", Some(caller), line).await.map_err(JobError::from)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = audited {
+            self.unadmit(&job);
+            return Err(e);
+        }
+        info!(job_id = %job.id, kind = kind_name(job.spec.as_ref().unwrap_or(&Default::default())),
+              caller = %caller.describe(), queued = go.is_some(), "job started");
+        let timeout = Duration::from_secs(timeout_seconds);
+        tokio::spawn(task::run_job(sh.clone(), job.id.clone(), prepared, stop, go, timeout));
+        Ok(job)
+    }
+
+    /// The idempotency and one-at-a-time decisions, atomically.
+    fn admit(&self, req: &StartJobRequest, spec: ops_proto::v1::JobSpec, caller: &PeerIdentity, timeout: u64) -> Admission {
+        let sh = &self.shared;
+        let mut inner = sh.lock();
+        if inner.shutting_down {
+            return Admission::ShuttingDown;
+        }
+        let key = &req.idempotency_key;
+        if !key.is_empty() {
+            if let Some(e) = inner.by_key.get(key).and_then(|id| inner.jobs.get(id)) {
+                return if e.job.spec.as_ref() == Some(&spec) {
+                    Admission::Existing(e.job.clone())
+                } else {
+                    Admission::Conflict { job_id: e.job.id.clone() }
+                };
+            }
+        }
+        let exclusive = !sh.settings.jobs.allow_concurrent;
+        let holder = inner.running.clone().or_else(|| inner.queue.front().cloned());
+        let queued = match (exclusive, holder) {
+            (false, _) | (true, None) => false,
+            (true, Some(_)) if req.queue_if_busy => true,
+            (true, Some(running)) => return Admission::Busy { running },
+        };
+        let mut id = new_job_id();
+        while inner.jobs.contains_key(&id) {
+            id = new_job_id();
+        }
+        let now = now_ms();
+        let job = Job {
+            id: id.clone(),
+            spec: Some(spec),
+            state: if queued { JobState::Queued } else { JobState::Running } as i32,
+            idempotency_key: key.clone(),
+            created_unix_ms: now,
+            started_unix_ms: if queued { 0 } else { now },
+            requested_by: caller.name.clone(),
+            requested_role: caller.role_claim.clone(),
+            timeout_seconds: u32::try_from(timeout).unwrap_or(u32::MAX),
+            ..Default::default()
+        };
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let (go_tx, go_rx) = if queued {
+            let (t, r) = oneshot::channel();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        if queued {
+            inner.queue.push_back(id.clone());
+        } else if exclusive {
+            inner.running = Some(id.clone());
+        }
+        if !key.is_empty() {
+            inner.by_key.insert(key.clone(), id.clone());
+        }
+        let progress = watch::Sender::new(Progress::default());
+        inner.jobs.insert(id, Entry { job: job.clone(), progress, stop: Some(stop_tx), go: go_tx });
+        Admission::Admitted { job, stop: stop_rx, go: go_rx }
+    }
+
+    /// Forgets a job whose start could not be made durable.
+    fn unadmit(&self, job: &Job) {
+        let mut inner = self.shared.lock();
+        inner.jobs.remove(&job.id);
+        if !job.idempotency_key.is_empty() {
+            inner.by_key.remove(&job.idempotency_key);
+        }
+        inner.queue.retain(|q| q != &job.id);
+        if inner.running.as_deref() == Some(job.id.as_str()) {
+            inner.running = None;
+        }
+        drop(inner);
+        let store = self.shared.store.clone();
+        let id = job.id.clone();
+        tokio::task::spawn_blocking(move || store.remove(&id));
+    }
+
+    /// The current record of one job.
+    pub async fn get(&self, job_id: &str) -> Result<Job, JobError> {
+        let inner = self.shared.lock();
+        inner.jobs.get(job_id).map(|e| e.job.clone()).ok_or_else(|| JobError::NotFound { job_id: job_id.into() })
+    }
+
+    /// Recent jobs, newest first; `limit` 0 means `DEFAULT_LIST_LIMIT`.
+    pub async fn list(&self, limit: usize) -> Vec<Job> {
+        let limit = if limit == 0 { DEFAULT_LIST_LIMIT } else { limit };
+        let inner = self.shared.lock();
+        let mut jobs: Vec<Job> = inner.jobs.values().map(|e| e.job.clone()).collect();
+        drop(inner);
+        jobs.sort_by(|a, b| b.created_unix_ms.cmp(&a.created_unix_ms).then_with(|| b.id.cmp(&a.id)));
+        jobs.truncate(limit);
+        jobs
+    }
+
+    /// Output from `from_offset` (streamed from the on-disk log in bounded chunks,
+    /// following while the job runs), then a final `JobEvent::Finished`, then the end.
+    pub fn watch(
+        &self,
+        job_id: &str,
+        from_offset: u64,
+    ) -> Result<ReceiverStream<Result<JobEvent, tonic::Status>>, JobError> {
+        let rx = {
+            let inner = self.shared.lock();
+            let e = inner.jobs.get(job_id).ok_or_else(|| JobError::NotFound { job_id: job_id.into() })?;
+            e.progress.subscribe()
+        };
+        let len = rx.borrow().written;
+        if from_offset > len {
+            return Err(JobError::OffsetOutOfRange { job_id: job_id.into(), offset: from_offset, len });
+        }
+        Ok(watcher::spawn(self.shared.store.output_path(job_id), rx, from_offset))
+    }
+
+    /// Asks a queued or running job to stop (SIGTERM, then SIGKILL after the grace
+    /// period) and returns its record once it ended (or after the grace period and a
+    /// little more). A job that has already ended is returned as it is.
+    pub async fn cancel(&self, job_id: &str, caller: &PeerIdentity) -> Result<Job, JobError> {
+        let sh = &self.shared;
+        if !may_change_hosts(caller) {
+            warn!(caller = %caller.describe(), job_id, "job cancel denied: the caller's role may not change hosts");
+            let line = json!({ "job_id": job_id, "reason": "role may not cancel jobs" });
+            if let Err(e) = sh.audit.record("cancel_denied", Some(caller), line).await {
+                warn!(error = %e, "cannot audit a denied cancel");
+            }
+            return Err(JobError::PermissionDenied { caller: caller.describe(), action: "cancel jobs" });
+        }
+        let job = self.get(job_id).await?;
+        if is_finished(job.state) {
+            return Ok(job);
+        }
+        sh.audit.record("cancel", Some(caller), json!({ "job_id": job_id, "state": state_name(job.state) })).await?;
+        let mut rx = {
+            let mut inner = sh.lock();
+            inner.queue.retain(|q| q != job_id);
+            let e = inner.jobs.get_mut(job_id).ok_or_else(|| JobError::NotFound { job_id: job_id.into() })?;
+            if let Some(stop) = &e.stop {
+                stop.send_replace(Some(StopReason::Cancelled { by: caller.describe() }));
+            }
+            e.progress.subscribe()
+        };
+        info!(job_id, caller = %caller.describe(), "job cancel requested");
+        let bound = sh.grace() + END_WAIT_SLACK;
+        if tokio::time::timeout(bound, rx.wait_for(|p| p.finished.is_some())).await.is_err() {
+            warn!(job_id, "job did not end within {} s of its cancel", bound.as_secs());
+        }
+        self.get(job_id).await
+    }
+
+    /// Agent shutdown: stops every queued and running job (SIGTERM, SIGKILL after the
+    /// grace period), marks them interrupted and persists them. New starts are refused.
+    pub async fn shutdown(&self) {
+        let sh = &self.shared;
+        let waits: Vec<(String, watch::Receiver<Progress>)> = {
+            let mut inner = sh.lock();
+            inner.shutting_down = true;
+            inner.queue.clear();
+            inner
+                .jobs
+                .values()
+                .filter_map(|e| {
+                    let stop = e.stop.as_ref()?;
+                    stop.send_replace(Some(StopReason::Shutdown));
+                    Some((e.job.id.clone(), e.progress.subscribe()))
+                })
+                .collect()
+        };
+        let deadline = tokio::time::Instant::now() + sh.grace() + END_WAIT_SLACK;
+        for (id, mut rx) in waits {
+            if tokio::time::timeout_at(deadline, rx.wait_for(|p| p.finished.is_some())).await.is_err() {
+                warn!(job_id = %id, "job did not stop before the shutdown deadline");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_keeps_the_newest_and_drops_the_old() {
+        let day = 86_400_000;
+        let now = 100 * day;
+        let jobs = vec![
+            ("a".to_string(), now - 40 * day),
+            ("b".to_string(), now - 2 * day),
+            ("c".to_string(), now - day),
+            ("d".to_string(), now),
+        ];
+        let mut v = prune_plan(jobs.clone(), now, 10, 30 * day);
+        v.sort();
+        assert_eq!(v, ["a"]);
+        let mut v = prune_plan(jobs, now, 2, 30 * day);
+        v.sort();
+        assert_eq!(v, ["a", "b"]);
+    }
+
+    #[test]
+    fn job_ids_sort_by_time_and_differ() {
+        let a = new_job_id();
+        let b = new_job_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "20250101T120000123Z-1a2b3c".len());
+    }
+}

@@ -1,0 +1,144 @@
+//! Shared set-up for the job engine tests: a manager on a temporary state directory,
+//! callers with roles, and helpers that follow a job through its watch stream (never
+//! sleeps) under a timeout.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::jobs::{ActionConfig, CleanupConfig, JobManager, JobSettings, JobsConfig, ServicesConfig};
+use ops_proto::identity::{PeerIdentity, Role};
+use ops_proto::v1::{job_event, job_spec, Job, JobSpec, RunAction, StartJobRequest};
+use tokio_stream::StreamExt;
+
+/// Upper bound for any single test step.
+pub const STEP: Duration = Duration::from_secs(60);
+
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub settings: JobSettings,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = JobSettings {
+            state_dir: dir.path().join("state"),
+            jobs: JobsConfig { kill_grace_seconds: 2, ..JobsConfig::default() },
+            actions: Vec::new(),
+            cleanup: CleanupConfig::default(),
+            services: ServicesConfig::default(),
+        };
+        TestEnv { dir, settings }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn with_action(mut self, name: &str, argv: &[&str]) -> TestEnv {
+        self.settings.actions.push(action(name, argv));
+        self
+    }
+
+    pub async fn open(&self) -> Arc<JobManager> {
+        tokio::time::timeout(STEP, JobManager::open(self.settings.clone())).await.unwrap().unwrap()
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.settings.audit_log_path()
+    }
+
+    /// Every audit line, parsed.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.audit_path()).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+pub fn action(name: &str, argv: &[&str]) -> ActionConfig {
+    ActionConfig {
+        name: name.into(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        cwd: None,
+        env: BTreeMap::new(),
+        timeout_seconds: None,
+        run_as: None,
+    }
+}
+
+/// `sh -c SCRIPT` as an action.
+pub fn sh(name: &str, script: &str) -> ActionConfig {
+    action(name, &["/bin/sh", "-c", script])
+}
+
+pub fn operator() -> PeerIdentity {
+    PeerIdentity { name: "ops-ci".into(), role: Some(Role::Operator), role_claim: "operator".into() }
+}
+
+pub fn viewer() -> PeerIdentity {
+    PeerIdentity { name: "dashboard".into(), role: Some(Role::Viewer), role_claim: "viewer".into() }
+}
+
+pub fn run_action(name: &str) -> JobSpec {
+    JobSpec { kind: Some(job_spec::Kind::RunAction(RunAction { name: name.into() })) }
+}
+
+pub fn req(spec: JobSpec) -> StartJobRequest {
+    StartJobRequest { spec: Some(spec), ..Default::default() }
+}
+
+pub async fn start(mgr: &JobManager, spec: JobSpec) -> Job {
+    tokio::time::timeout(STEP, mgr.start(req(spec), &operator())).await.unwrap().unwrap()
+}
+
+/// The gRPC code an engine error maps to.
+pub fn code(e: agent::jobs::JobError) -> tonic::Code {
+    tonic::Status::from(e).code()
+}
+
+/// Follows a job's output from `from` to its end: (output, final record).
+pub async fn follow(mgr: &JobManager, id: &str, from: u64) -> (Vec<u8>, Job) {
+    let mut stream = mgr.watch(id, from).unwrap();
+    let mut out = Vec::new();
+    let mut expected = from;
+    let run = async {
+        while let Some(ev) = stream.next().await {
+            match ev.unwrap().event.unwrap() {
+                job_event::Event::Output(c) => {
+                    assert_eq!(c.offset, expected, "chunks are contiguous");
+                    expected += c.data.len() as u64;
+                    out.extend_from_slice(&c.data);
+                }
+                job_event::Event::Finished(job) => return job,
+            }
+        }
+        panic!("the watch ended without a Finished event");
+    };
+    let job = tokio::time::timeout(STEP, run).await.expect("job did not finish in time");
+    assert_eq!(job.output_bytes, expected, "the final record counts every byte");
+    (out, job)
+}
+
+/// Reads a job's output until `needle` has appeared; returns what was read.
+pub async fn wait_for_output(mgr: &JobManager, id: &str, needle: &str) -> String {
+    let mut stream = mgr.watch(id, 0).unwrap();
+    let mut out = Vec::new();
+    let run = async {
+        while let Some(ev) = stream.next().await {
+            match ev.unwrap().event.unwrap() {
+                job_event::Event::Output(c) => {
+                    out.extend_from_slice(&c.data);
+                    if String::from_utf8_lossy(&out).contains(needle) {
+                        return String::from_utf8_lossy(&out).into_owned();
+                    }
+                }
+                job_event::Event::Finished(job) => panic!("job ended before printing {needle:?}: {job:?}"),
+            }
+        }
+        panic!("watch ended early");
+    };
+    tokio::time::timeout(STEP, run).await.expect("output did not appear in time")
+}

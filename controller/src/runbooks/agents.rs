@@ -1,0 +1,126 @@
+//! What the runbooks ask of the agents: failed logins since a time and a live snapshot
+//! (CPU, memory, disks, listening sockets), from every host at once within the dialer's
+//! concurrency. A host that does not answer is reported with the reason, never skipped.
+
+use chrono::{DateTime, Utc};
+use ops_proto::v1::{AuthFailuresRequest, SnapshotRequest};
+use serde::Serialize;
+
+use crate::client::{call_error, Dialer};
+use crate::fleet::Host;
+
+/// Entries in the top users / top sources lists asked of each agent.
+const TOP_N: u32 = 5;
+
+/// One host's answer, or why there was none.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostAnswer<T> {
+    pub host: String,
+    pub instance_id: Option<String>,
+    pub answer: Result<T, String>,
+}
+
+/// Failed logins on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuthSummary {
+    pub total: u64,
+    pub failed_password: u64,
+    pub invalid_user: u64,
+    pub failed_publickey: u64,
+    pub top_users: Vec<(String, u64)>,
+    pub top_sources: Vec<(String, u64)>,
+    /// The agent no longer holds events from the start of the window: counts are a floor.
+    pub incomplete: bool,
+}
+
+/// A listening socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listening {
+    pub protocol: String,
+    pub address: String,
+    pub port: u32,
+    pub process: String,
+}
+
+/// Live figures of one host.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Live {
+    pub cpu_percent: f64,
+    pub memory_used_percent: f64,
+    /// (mount point, used percent).
+    pub filesystems: Vec<(String, f64)>,
+    pub listening: Vec<Listening>,
+}
+
+/// Failed logins since `since` from every host's agent.
+pub async fn auth_failures(dialer: &Dialer, hosts: &[Host], since: DateTime<Utc>, local_emulator: bool) -> Vec<HostAnswer<AuthSummary>> {
+    let since_ms = since.timestamp_millis();
+    dialer
+        .fan_out(hosts, |d, h| async move {
+            let answer = async {
+                refuse_fake_address(h, local_emulator)?;
+                let mut c = d.connect(h).await.map_err(|e| e.to_string())?;
+                let a = c
+                    .get_auth_failures(AuthFailuresRequest { since_unix_ms: since_ms, top_n: TOP_N, rescan: false })
+                    .await
+                    .map_err(|s| call_error(&s).to_string())?
+                    .into_inner();
+                Ok(AuthSummary {
+                    total: a.total,
+                    failed_password: a.failed_password,
+                    invalid_user: a.invalid_user,
+                    failed_publickey: a.failed_publickey,
+                    top_users: a.top_users.into_iter().map(|n| (n.name, n.count)).collect(),
+                    top_sources: a.top_sources.into_iter().map(|n| (n.name, n.count)).collect(),
+                    incomplete: a.oldest_event_unix_ms > since_ms,
+                })
+            }
+            .await;
+            HostAnswer { host: h.name.clone(), instance_id: h.instance_id.clone(), answer }
+        })
+        .await
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect()
+}
+
+/// A live snapshot from every host's agent.
+pub async fn live(dialer: &Dialer, hosts: &[Host], local_emulator: bool) -> Vec<HostAnswer<Live>> {
+    dialer
+        .fan_out(hosts, |d, h| async move {
+            let answer = async {
+                refuse_fake_address(h, local_emulator)?;
+                let mut c = d.connect(h).await.map_err(|e| e.to_string())?;
+                let s = c
+                    .get_snapshot(SnapshotRequest { top_n: 1, cpu_interval_ms: 0 })
+                    .await
+                    .map_err(|s| call_error(&s).to_string())?
+                    .into_inner();
+                Ok(Live {
+                    cpu_percent: s.cpu_percent,
+                    memory_used_percent: s.memory.map(|m| m.used_percent).unwrap_or_default(),
+                    filesystems: s.filesystems.into_iter().map(|f| (f.mount_point, f.used_percent)).collect(),
+                    listening: s
+                        .listening
+                        .into_iter()
+                        .map(|l| Listening { protocol: l.protocol, address: l.address, port: l.port, process: l.process })
+                        .collect(),
+                })
+            }
+            .await;
+            HostAnswer { host: h.name.clone(), instance_id: h.instance_id.clone(), answer }
+        })
+        .await
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect()
+}
+
+/// Refuses to dial an address invented by a local AWS emulator (see `aws::may_contact`).
+fn refuse_fake_address(h: &Host, local_emulator: bool) -> Result<(), String> {
+    if crate::aws::may_contact(local_emulator, ops_proto::tls::host_part(&h.address)) {
+        Ok(())
+    } else {
+        Err(crate::aws::NOT_CONTACTED.to_string())
+    }
+}

@@ -1,0 +1,203 @@
+//! `[runbooks]` in the controller config: what the runbooks look at. Every key has a
+//! default taken from the TechHealth runbooks they replace, so an empty section (or none)
+//! checks the TechHealth stack:
+//!
+//! ```toml
+//! [runbooks]
+//! stack_name = "TechHealthInfrastructureStack"
+//! app_log_group = "/aws/ec2/techhealth"
+//! auth_log_group = "/aws/ec2/auth"
+//! cloudtrail_log_group = "CloudTrail/TechHealthAuditTrail"
+//! db_instance_id = "techhealth-database"
+//! db_secret_id = "TechHealth-DB-Credentials"
+//! error_pattern = "ERROR"
+//! failed_login_pattern = "\"Failed password\""
+//! app_url = "http://{public_ip}/"          # per instance: tag AppUrl overrides
+//! app_url_tag = "AppUrl"
+//! tls_endpoint = "{public_ip}:443"         # per instance: tag TlsEndpoint overrides
+//! tls_endpoint_tag = "TlsEndpoint"
+//! tls_server_name = "techhealth.com"
+//! http_timeout = "10s"
+//! failed_login_threshold = 5
+//! ebs_snapshot_tags = { Purpose = "Automated" }
+//! # log_page_limit = 1000                 # events per FilterLogEvents page
+//! ```
+//!
+//! Templates take `{public_ip}`, `{private_ip}`, `{instance_id}`, `{name}` and `{host}`
+//! (the host part of the agent address).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[runbooks]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunbooksConfig {
+    /// The CloudFormation stack whose status the daily check reports.
+    pub stack_name: String,
+    /// Application log group searched for `error_pattern`.
+    pub app_log_group: String,
+    /// Auth log group searched for `failed_login_pattern`.
+    pub auth_log_group: String,
+    /// CloudTrail's log group (security review).
+    pub cloudtrail_log_group: String,
+    /// The database whose automated snapshots are checked.
+    pub db_instance_id: String,
+    /// The Secrets Manager secret holding the database credentials.
+    pub db_secret_id: String,
+    /// Filter pattern of application errors.
+    pub error_pattern: String,
+    /// Filter pattern of failed logins.
+    pub failed_login_pattern: String,
+    /// Application URL template of a host (HTTP GET, 200 is healthy).
+    pub app_url: String,
+    /// Instance tag whose value, when present, is the application URL.
+    pub app_url_tag: String,
+    /// host:port template of a host's HTTPS endpoint (certificate expiry).
+    pub tls_endpoint: String,
+    /// Instance tag whose value, when present, is the HTTPS host:port.
+    pub tls_endpoint_tag: String,
+    /// The name sent in the TLS handshake (SNI) to the HTTPS endpoint.
+    pub tls_server_name: String,
+    /// Deadline of each HTTP and TLS probe, e.g. "10s".
+    #[serde(with = "duration_text")]
+    pub http_timeout: Duration,
+    /// More failed logins than this is an action item.
+    pub failed_login_threshold: u64,
+    /// Tags of the automated EBS snapshots.
+    pub ebs_snapshot_tags: BTreeMap<String, String>,
+    /// Events per FilterLogEvents page; unset lets the service choose.
+    pub log_page_limit: Option<i32>,
+}
+
+impl Default for RunbooksConfig {
+    fn default() -> Self {
+        RunbooksConfig {
+            stack_name: "TechHealthInfrastructureStack".into(),
+            app_log_group: "/aws/ec2/techhealth".into(),
+            auth_log_group: "/aws/ec2/auth".into(),
+            cloudtrail_log_group: "CloudTrail/TechHealthAuditTrail".into(),
+            db_instance_id: "techhealth-database".into(),
+            db_secret_id: "TechHealth-DB-Credentials".into(),
+            error_pattern: "ERROR".into(),
+            failed_login_pattern: "\"Failed password\"".into(),
+            app_url: "http://{public_ip}/".into(),
+            app_url_tag: "AppUrl".into(),
+            tls_endpoint: "{public_ip}:443".into(),
+            tls_endpoint_tag: "TlsEndpoint".into(),
+            tls_server_name: "techhealth.com".into(),
+            http_timeout: Duration::from_secs(10),
+            failed_login_threshold: 5,
+            ebs_snapshot_tags: BTreeMap::from([("Purpose".to_string(), "Automated".to_string())]),
+            log_page_limit: None,
+        }
+    }
+}
+
+/// The values a template may use.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateVars<'a> {
+    pub public_ip: Option<&'a str>,
+    pub private_ip: Option<&'a str>,
+    pub instance_id: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub host: Option<&'a str>,
+}
+
+/// Fills `{placeholders}`. Err names the first placeholder without a value (e.g. an
+/// instance without a public IP), or an unknown one.
+pub fn expand(template: &str, vars: &TemplateVars<'_>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let close = after.find('}').ok_or_else(|| format!("unclosed '{{' in {template:?}"))?;
+        let key = &after[..close];
+        let value = match key {
+            "public_ip" => vars.public_ip,
+            "private_ip" => vars.private_ip,
+            "instance_id" => vars.instance_id,
+            "name" => vars.name,
+            "host" => vars.host,
+            other => return Err(format!("unknown placeholder {{{other}}} in {template:?}")),
+        };
+        out.push_str(value.ok_or_else(|| format!("no {}", key.replace('_', " ")))?);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl RunbooksConfig {
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        let all = TemplateVars { public_ip: Some("1"), private_ip: Some("1"), instance_id: Some("i"), name: Some("n"), host: Some("h") };
+        for (key, t) in [("app_url", &self.app_url), ("tls_endpoint", &self.tls_endpoint)] {
+            expand(t, &all).map_err(|e| format!("[runbooks] {key}: {e}"))?;
+        }
+        if !(self.app_url.starts_with("http://") || self.app_url.starts_with("https://")) {
+            return Err(format!("[runbooks] app_url = {:?}: must start with http:// or https://", self.app_url));
+        }
+        if self.http_timeout.is_zero() {
+            return Err("[runbooks] http_timeout must be more than 0".into());
+        }
+        if let Some(n) = self.log_page_limit {
+            if !(1..=10_000).contains(&n) {
+                return Err(format!("[runbooks] log_page_limit = {n}: must be 1 to 10000"));
+            }
+        }
+        for (key, v) in [("stack_name", &self.stack_name), ("db_instance_id", &self.db_instance_id), ("tls_server_name", &self.tls_server_name)] {
+            if v.trim().is_empty() {
+                return Err(format!("[runbooks] {key} must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Durations written as "10s", "500ms" in the config file.
+mod duration_text {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_fill_placeholders_and_name_what_is_missing() {
+        let v = TemplateVars { public_ip: Some("203.0.113.5"), ..Default::default() };
+        assert_eq!(expand("http://{public_ip}/health", &v).unwrap(), "http://203.0.113.5/health");
+        assert_eq!(expand("{private_ip}:443", &v).unwrap_err(), "no private ip");
+        assert!(expand("{nope}", &v).unwrap_err().contains("unknown placeholder"));
+        assert!(expand("{public_ip", &v).unwrap_err().contains("unclosed"));
+    }
+
+    #[test]
+    fn defaults_match_the_techhealth_runbooks_and_validate() {
+        let c = RunbooksConfig::default();
+        assert_eq!(c.stack_name, "TechHealthInfrastructureStack");
+        assert_eq!(c.cloudtrail_log_group, "CloudTrail/TechHealthAuditTrail");
+        assert_eq!(c.http_timeout, Duration::from_secs(10));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_partial_section_keeps_the_other_defaults() {
+        let c: RunbooksConfig = toml::from_str("stack_name = \"Other\"\nhttp_timeout = \"2s\"\n").unwrap();
+        assert_eq!(c.stack_name, "Other");
+        assert_eq!(c.app_log_group, "/aws/ec2/techhealth");
+        assert_eq!(c.http_timeout, Duration::from_secs(2));
+        let bad: RunbooksConfig = toml::from_str("log_page_limit = 0\n").unwrap();
+        assert!(bad.validate().unwrap_err().contains("log_page_limit"));
+    }
+}

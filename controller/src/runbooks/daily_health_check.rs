@@ -1,0 +1,358 @@
+//! `controller daily-health-check`: the weekday-morning check. Stack status, the tagged
+//! instances, the databases, the application's HTTP answer, alarms in ALARM, overnight
+//! application errors, the newest automated database snapshot, and failed logins from
+//! the auth log group and from the agents. Independent AWS calls run concurrently.
+
+use chrono::{DateTime, Local, Utc};
+use futures::stream::{self, StreamExt};
+use serde_json::json;
+
+use super::agents;
+use super::checks::{agent_auth_check, instance_label, log_count_check, newest_snapshot_check, next_weekday_morning, yesterday_evening};
+use super::probe;
+use super::report::{Check, Report, Status};
+use super::Context;
+use crate::aws::cloudformation::{self, Stack};
+use crate::aws::cloudwatch::{self, Alarm};
+use crate::aws::ec2::Instance;
+use crate::aws::logs::{self, LogQuery};
+use crate::aws::rds::{self, DbInstance};
+use crate::aws_fleet;
+
+/// HTTP probes at once.
+const PROBE_CONCURRENCY: usize = 16;
+
+pub const STACK: &str = "stack status";
+pub const INSTANCES: &str = "ec2 instances";
+pub const DATABASES: &str = "rds instances";
+pub const CONNECTIVITY: &str = "application connectivity";
+pub const ALARMS: &str = "cloudwatch alarms";
+pub const ERRORS: &str = "application errors";
+pub const BACKUP: &str = "rds automated backup";
+pub const LOGINS: &str = "failed logins (auth log group)";
+pub const AGENT_LOGINS: &str = "failed logins (agents)";
+
+/// Runs the daily health check.
+pub async fn run(ctx: &Context) -> Report {
+    let started = Utc::now();
+    let now = ctx.now;
+    let since = yesterday_evening(&now.with_timezone(&Local));
+    let rb = &ctx.runbooks;
+    let app_q = LogQuery { group: &rb.app_log_group, start: since, end: now, pattern: Some(&rb.error_pattern), page_limit: rb.log_page_limit };
+    let auth_q = LogQuery { group: &rb.auth_log_group, start: since, end: now, pattern: Some(&rb.failed_login_pattern), page_limit: rb.log_page_limit };
+    let (stack, instances, dbs, alarms, errors, snapshots, logins) = tokio::join!(
+        cloudformation::describe_stack(&ctx.aws.cloudformation, &rb.stack_name),
+        ctx.tagged_instances(),
+        rds::describe_db_instances(&ctx.aws.rds),
+        cloudwatch::alarms_in_alarm(&ctx.aws.cloudwatch),
+        logs::count_events(&ctx.aws.logs, &app_q),
+        rds::describe_db_snapshots(&ctx.aws.rds, &rb.db_instance_id, "automated"),
+        logs::count_events(&ctx.aws.logs, &auth_q),
+    );
+    let window = format!("since {}", since.with_timezone(&Local).format("%Y-%m-%d %H:%M"));
+
+    let mut report = Report::new("daily-health-check", "TechHealth Daily Health Check", started);
+    report.checks.push(match &stack {
+        Ok(s) => stack_check(&rb.stack_name, s.as_ref()),
+        Err(e) => Check::aws_error(STACK, e),
+    });
+    report.checks.push(match &instances {
+        Ok(i) => instances_check(i),
+        Err(e) => Check::aws_error(INSTANCES, e),
+    });
+    report.checks.push(match &dbs {
+        Ok(d) => databases_check(d, &rb.db_instance_id),
+        Err(e) => Check::aws_error(DATABASES, e),
+    });
+
+    let running: Vec<Instance> = instances.as_ref().map(|v| v.iter().filter(|i| i.state == "running").cloned().collect()).unwrap_or_default();
+    let hosts = ctx.agent_hosts(instances.as_deref().unwrap_or_default());
+    let (probes, auth) = tokio::join!(probe_all(ctx, &running), async {
+        match &ctx.dialer {
+            Some(d) => Some(agents::auth_failures(d, &hosts, since, ctx.aws.local_emulator).await),
+            None => None,
+        }
+    });
+    report.checks.push(match &instances {
+        Ok(_) => connectivity_check(&probes),
+        Err(_) => Check::skipped(CONNECTIVITY, "the instances could not be listed"),
+    });
+    report.checks.push(match &alarms {
+        Ok(a) => alarms_check(a),
+        Err(e) => Check::aws_error(ALARMS, e),
+    });
+    report.checks.push(log_count_check(ERRORS, &rb.app_log_group, "ERROR events", &window, &errors, 0));
+    report.checks.push(match &snapshots {
+        Ok(s) => newest_snapshot_check(BACKUP, &rb.db_instance_id, s, now),
+        Err(e) => Check::aws_error(BACKUP, e),
+    });
+    report.checks.push(log_count_check(LOGINS, &rb.auth_log_group, "failed logins", &window, &logins, rb.failed_login_threshold));
+    report.checks.push(match (&auth, ctx.agents_unavailable(AGENT_LOGINS)) {
+        (_, Some(skip)) => skip,
+        (Some(a), None) => agent_auth_check(AGENT_LOGINS, a, rb.failed_login_threshold),
+        (None, None) => Check::skipped(AGENT_LOGINS, "no agents asked"),
+    });
+
+    report.action_items = action_items(&report, rb.failed_login_threshold);
+    report.next_check = next_weekday_morning(&now.with_timezone(&Local));
+    report.finished_at = Utc::now();
+    report
+}
+
+/// One running instance's application probe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    pub instance: String,
+    /// The URL probed, or why there is none.
+    pub url: Result<String, String>,
+    /// The status code, or why there was none; None when there was no URL.
+    pub result: Option<Result<u16, String>>,
+}
+
+async fn probe_all(ctx: &Context, running: &[Instance]) -> Vec<Probe> {
+    let timeout = ctx.runbooks.http_timeout;
+    let local_emulator = ctx.aws.local_emulator;
+    let targets: Vec<(String, Result<String, String>)> = match ctx.fleet.source {
+        crate::config::FleetSource::Static => ctx
+            .agent_hosts(&[])
+            .into_iter()
+            .map(|h| (h.name.clone(), h.url.clone().ok_or_else(|| "no url in [[fleet.hosts]]".to_string())))
+            .collect(),
+        crate::config::FleetSource::Ec2 => running
+            .iter()
+            .map(|i| (instance_label(i), aws_fleet::app_url(i, &ctx.runbooks, "")))
+            .collect(),
+    };
+    stream::iter(targets)
+        .map(|(instance, url)| async move {
+            let result = match &url {
+                Ok(u) => match probe::parse_url(u) {
+                    Ok(parsed) if !crate::aws::may_contact(local_emulator, &parsed.host) => Some(Err(crate::aws::NOT_CONTACTED.to_string())),
+                    _ => Some(probe::http_status(u, timeout).await.map_err(|e| e.to_string())),
+                },
+                Err(_) => None,
+            };
+            Probe { instance, url, result }
+        })
+        .buffered(PROBE_CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// CREATE/UPDATE/IMPORT _COMPLETE is healthy; in progress warns; rollbacks, failures,
+/// deletion and a missing stack fail. Pure.
+pub fn stack_check(name: &str, stack: Option<&Stack>) -> Check {
+    let Some(s) = stack else {
+        return Check::fail(STACK, format!("stack {name} does not exist"));
+    };
+    let st = s.status.as_str();
+    let status = if st.contains("ROLLBACK") || st.contains("FAILED") || st.starts_with("DELETE") {
+        Status::Fail
+    } else if st.ends_with("_IN_PROGRESS") {
+        Status::Warn
+    } else if st.ends_with("_COMPLETE") {
+        Status::Ok
+    } else {
+        Status::Warn
+    };
+    let mut c = Check::new(STACK, status, format!("{}: {st}", s.name)).data(json!(s));
+    if let Some(r) = &s.reason {
+        c.details.push(format!("reason: {r}"));
+    }
+    c
+}
+
+/// No tagged instance, or none running, fails; some not running warns. Pure.
+pub fn instances_check(instances: &[Instance]) -> Check {
+    let running = instances.iter().filter(|i| i.state == "running").count();
+    let details = instances
+        .iter()
+        .map(|i| {
+            format!(
+                "{}  {}  {}  private {}  public {}  {}",
+                i.id,
+                i.name.as_deref().unwrap_or("-"),
+                i.state,
+                i.private_ip.as_deref().unwrap_or("-"),
+                i.public_ip.as_deref().unwrap_or("-"),
+                i.instance_type.as_deref().unwrap_or("-")
+            )
+        })
+        .collect();
+    let summary = format!("{running} of {} tagged instances running", instances.len());
+    let status = if running == 0 {
+        Status::Fail
+    } else if running < instances.len() {
+        Status::Warn
+    } else {
+        Status::Ok
+    };
+    Check::new(INSTANCES, status, summary).details(details).data(json!(instances))
+}
+
+/// Every database available (or backing up); the configured one must exist. Pure.
+pub fn databases_check(dbs: &[DbInstance], expected: &str) -> Check {
+    let details: Vec<String> = dbs
+        .iter()
+        .map(|d| format!("{}  {}  {}", d.id, d.status, d.endpoint.as_deref().unwrap_or("-")))
+        .collect();
+    let healthy = |s: &str| matches!(s, "available" | "backing-up");
+    let transitional = |s: &str| {
+        matches!(s, "modifying" | "maintenance" | "upgrading" | "rebooting" | "renaming" | "starting" | "creating" | "storage-optimization")
+            || s.starts_with("configuring")
+    };
+    let bad: Vec<&DbInstance> = dbs.iter().filter(|d| !healthy(&d.status) && !transitional(&d.status)).collect();
+    let busy = dbs.iter().filter(|d| transitional(&d.status)).count();
+    let (status, summary) = if !dbs.iter().any(|d| d.id == expected) {
+        (Status::Fail, format!("database {expected} not found ({} others)", dbs.len()))
+    } else if !bad.is_empty() {
+        (Status::Fail, format!("{} not available: {}", bad.len(), bad.iter().map(|d| format!("{} {}", d.id, d.status)).collect::<Vec<_>>().join(", ")))
+    } else if busy > 0 {
+        (Status::Warn, format!("{busy} of {} databases busy (modifying, rebooting, ...)", dbs.len()))
+    } else {
+        (Status::Ok, format!("{} databases available", dbs.len()))
+    };
+    Check::new(DATABASES, status, summary).details(details).data(json!(dbs))
+}
+
+/// Every running instance must answer its URL with 200. Pure.
+pub fn connectivity_check(probes: &[Probe]) -> Check {
+    if probes.is_empty() {
+        return Check::fail(CONNECTIVITY, "no running instances to probe");
+    }
+    let mut details = Vec::new();
+    let (mut good, mut bad, mut no_url) = (0, 0, 0);
+    for p in probes {
+        match (&p.url, &p.result) {
+            (Ok(u), Some(Ok(200))) => {
+                good += 1;
+                details.push(format!("{}  {u}  HTTP 200", p.instance));
+            }
+            (Ok(u), Some(Ok(code))) => {
+                bad += 1;
+                details.push(format!("{}  {u}  HTTP {code}", p.instance));
+            }
+            (Ok(u), Some(Err(why))) => {
+                bad += 1;
+                details.push(format!("{}  {u}  {why}", p.instance));
+            }
+            (Ok(u), None) => details.push(format!("{}  {u}  not probed", p.instance)),
+            (Err(why), _) => {
+                no_url += 1;
+                details.push(format!("{}  no URL: {why}", p.instance));
+            }
+        }
+    }
+    let status = if bad > 0 || good == 0 {
+        Status::Fail
+    } else if no_url > 0 {
+        Status::Warn
+    } else {
+        Status::Ok
+    };
+    let mut summary = format!("{good} of {} instances answer HTTP 200", probes.len());
+    if no_url > 0 {
+        summary.push_str(&format!("; {no_url} without a URL"));
+    }
+    Check::new(CONNECTIVITY, status, summary).details(details)
+}
+
+/// Any alarm in ALARM fails. Pure.
+pub fn alarms_check(alarms: &[Alarm]) -> Check {
+    if alarms.is_empty() {
+        return Check::ok(ALARMS, "no alarm in ALARM");
+    }
+    let details = alarms
+        .iter()
+        .map(|a| {
+            let since = a.since.map(|t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_else(|| "-".into());
+            format!("{}  ({})  since {since}: {}", a.name, a.metric, a.reason)
+        })
+        .collect();
+    Check::fail(ALARMS, format!("{} alarm(s) in ALARM", alarms.len())).details(details).data(json!(alarms))
+}
+
+/// The runbook's action items from the checks it made. Pure.
+pub fn action_items(report: &Report, login_threshold: u64) -> Vec<String> {
+    let mut items = Vec::new();
+    let events = |name: &str| report.check(name).and_then(|c| c.data.get("events")).and_then(|v| v.as_u64());
+    if let Some(c) = report.check(ALARMS).filter(|c| c.status == Status::Fail && !c.could_not_run && !c.details.is_empty()) {
+        items.push(format!("Review the active alarms: {}", c.summary));
+    }
+    if let Some(n) = events(ERRORS).filter(|n| *n > 0) {
+        items.push(format!("Investigate the {n} error events in the application log"));
+    }
+    if let Some(n) = events(LOGINS).filter(|n| *n > login_threshold) {
+        items.push(format!("Follow up on the {n} failed login attempts (more than {login_threshold})"));
+    }
+    for c in report.checks.iter().filter(|c| c.status == Status::Fail && c.name != ALARMS) {
+        items.push(format!("Fix {}: {}", c.name, c.summary));
+    }
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(status: &str) -> Stack {
+        Stack { name: "S".into(), status: status.into(), reason: None, last_updated: None }
+    }
+
+    #[test]
+    fn stack_statuses_map_to_check_statuses() {
+        assert_eq!(stack_check("S", Some(&stack("CREATE_COMPLETE"))).status, Status::Ok);
+        assert_eq!(stack_check("S", Some(&stack("UPDATE_COMPLETE"))).status, Status::Ok);
+        assert_eq!(stack_check("S", Some(&stack("UPDATE_IN_PROGRESS"))).status, Status::Warn);
+        assert_eq!(stack_check("S", Some(&stack("UPDATE_ROLLBACK_COMPLETE"))).status, Status::Fail);
+        assert_eq!(stack_check("S", Some(&stack("CREATE_FAILED"))).status, Status::Fail);
+        assert_eq!(stack_check("S", Some(&stack("DELETE_COMPLETE"))).status, Status::Fail);
+        assert_eq!(stack_check("S", None).status, Status::Fail);
+    }
+
+    #[test]
+    fn connectivity_needs_200_from_every_running_instance() {
+        let p = |code: Result<u16, String>| Probe { instance: "web".into(), url: Ok("http://x/".into()), result: Some(code) };
+        assert_eq!(connectivity_check(&[p(Ok(200))]).status, Status::Ok);
+        assert_eq!(connectivity_check(&[p(Ok(200)), p(Ok(500))]).status, Status::Fail);
+        assert_eq!(connectivity_check(&[p(Err("connection refused".into()))]).status, Status::Fail);
+        assert_eq!(connectivity_check(&[]).status, Status::Fail);
+        let no_url = Probe { instance: "web".into(), url: Err("no public ip".into()), result: None };
+        assert_eq!(connectivity_check(&[p(Ok(200)), no_url.clone()]).status, Status::Warn);
+        assert_eq!(connectivity_check(&[no_url]).status, Status::Fail);
+    }
+
+    #[test]
+    fn databases_must_include_the_configured_one_and_be_available() {
+        let db = |id: &str, status: &str| DbInstance {
+            id: id.into(),
+            status: status.into(),
+            endpoint: None,
+            port: None,
+            engine: None,
+            class: None,
+            backup_retention_days: 7,
+            backup_window: None,
+            storage_encrypted: true,
+            publicly_accessible: false,
+            allocated_storage_gib: None,
+        };
+        assert_eq!(databases_check(&[db("d", "available")], "d").status, Status::Ok);
+        assert_eq!(databases_check(&[db("d", "modifying")], "d").status, Status::Warn);
+        assert_eq!(databases_check(&[db("d", "storage-full")], "d").status, Status::Fail);
+        assert_eq!(databases_check(&[db("x", "available")], "d").status, Status::Fail);
+    }
+
+    #[test]
+    fn action_items_follow_the_runbook() {
+        let mut r = Report::new("daily-health-check", "t", Utc::now());
+        r.checks.push(Check::fail(ALARMS, "1 alarm(s) in ALARM").details(vec!["HighCPU".into()]));
+        r.checks.push(Check::warn(ERRORS, "3").data(json!({"events": 3})));
+        r.checks.push(Check::warn(LOGINS, "6").data(json!({"events": 6})));
+        let items = action_items(&r, 5);
+        assert_eq!(items.len(), 3, "{items:?}");
+        assert!(items[0].starts_with("Review the active alarms"));
+        assert!(items[1].contains("3 error events"));
+        assert!(items[2].contains("6 failed login attempts"));
+    }
+}

@@ -1,0 +1,139 @@
+//! The read-only runbooks (daily health check, performance monitoring, backup
+//! verification, security review): each gathers facts from AWS and the agents, decides
+//! checks with pure functions over those facts, and returns a `Report`. Runbooks here
+//! never change anything in AWS or on a host.
+
+pub mod agents;
+pub mod backup_verify;
+pub mod checks;
+pub mod config;
+pub mod daily_health_check;
+pub mod performance_monitoring;
+pub mod probe;
+pub mod report;
+pub mod security_review;
+
+use std::path::Path;
+
+use chrono::{DateTime, Local, Utc};
+
+use crate::aws::ec2::Instance;
+use crate::aws::{AwsClients, AwsError};
+use crate::aws_fleet;
+use crate::client::Dialer;
+use crate::config::{ControllerConfig, FleetConfig, FleetSource};
+use crate::fleet::{self, Host};
+use crate::output::OutputFormat;
+use config::RunbooksConfig;
+use report::{Check, Report};
+
+/// Everything a runbook needs, built once per run.
+#[derive(Clone)]
+pub struct Context {
+    pub aws: AwsClients,
+    pub runbooks: RunbooksConfig,
+    pub fleet: FleetConfig,
+    /// None when the agent credentials could not be loaded: agent checks are skipped
+    /// with `dialer_error` as the reason.
+    pub dialer: Option<Dialer>,
+    pub dialer_error: Option<String>,
+    /// The run's clock: every window is measured from it.
+    pub now: DateTime<Utc>,
+}
+
+/// A runbook could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunbookError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Aws(#[from] crate::aws::AwsSetupError),
+    #[error(transparent)]
+    Report(#[from] report::ReportError),
+}
+
+impl Context {
+    /// Loads the AWS clients and the agent dialer from the controller config.
+    pub async fn from_config(cfg: &ControllerConfig) -> Result<Context, RunbookError> {
+        let aws = AwsClients::load(&cfg.aws).await?;
+        let (dialer, dialer_error) = match Dialer::from_config(cfg) {
+            Ok(d) => (Some(d), None),
+            Err(e) => (None, Some(format!("agent credentials not loaded: {e}"))),
+        };
+        Ok(Context { aws, runbooks: cfg.runbooks.clone(), fleet: cfg.fleet.clone(), dialer, dialer_error, now: Utc::now() })
+    }
+
+    /// The tagged instances in every state (the daily check shows stopped ones too).
+    pub async fn tagged_instances(&self) -> Result<Vec<Instance>, AwsError> {
+        crate::aws::ec2::describe_instances(&self.aws.ec2, &self.fleet.tag_filters, &[]).await
+    }
+
+    /// The agents to ask: the static inventory, or the running instances among
+    /// `instances` (EC2 source), addressed as `[fleet] address` says.
+    pub fn agent_hosts(&self, instances: &[Instance]) -> Vec<Host> {
+        match self.fleet.source {
+            FleetSource::Static => fleet::static_hosts(&self.fleet),
+            FleetSource::Ec2 => {
+                let running: Vec<Instance> = instances.iter().filter(|i| i.state == "running").cloned().collect();
+                aws_fleet::hosts_from_instances(&running, &self.fleet, &self.runbooks).0
+            }
+        }
+    }
+
+    /// Why agent checks cannot run, when they cannot.
+    pub fn agents_unavailable(&self, name: &str) -> Option<Check> {
+        match &self.dialer {
+            Some(_) => None,
+            None => Some(Check::skipped(name, self.dialer_error.clone().unwrap_or_else(|| "no agent credentials".into()))),
+        }
+    }
+}
+
+/// Which runbook to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    DailyHealthCheck,
+    PerformanceMonitoring { hours: u32 },
+    BackupVerify,
+    SecurityReview,
+}
+
+/// Runs one runbook against a ready context.
+pub async fn run(which: Which, ctx: &Context) -> Report {
+    match which {
+        Which::DailyHealthCheck => daily_health_check::run(ctx).await,
+        Which::PerformanceMonitoring { hours } => performance_monitoring::run(ctx, hours).await,
+        Which::BackupVerify => backup_verify::run(ctx).await,
+        Which::SecurityReview => security_review::run(ctx).await,
+    }
+}
+
+/// The report's file name without extension, e.g. `daily-report-20261130`.
+pub fn report_stem(report: &Report) -> String {
+    let day = report.started_at.with_timezone(&Local).format("%Y%m%d");
+    let prefix = match report.runbook.as_str() {
+        "daily-health-check" => "daily-report",
+        "performance-monitoring" => "performance-report",
+        "backup-verify" => "backup-report",
+        "security-review" => "security-review",
+        other => other,
+    };
+    format!("{prefix}-{day}")
+}
+
+/// `controller <runbook>`: load, run, print (table or JSON), write the reports, and
+/// return the exit code (0 nothing failed, 1 a check failed, 2 could not run).
+pub async fn cli(which: Which, config: &Path, output: OutputFormat, report_dir: &Path) -> Result<i32, RunbookError> {
+    let cfg = ControllerConfig::load(config)?;
+    let ctx = Context::from_config(&cfg).await?;
+    let report = run(which, &ctx).await;
+    let (txt, json) = report.write(report_dir, &report_stem(&report))?;
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()),
+        OutputFormat::Table => {
+            print!("{}", report.render_text());
+            println!("\nReport saved to: {} and {}", txt.display(), json.display());
+        }
+    }
+    Ok(report.outcome().exit_code())
+}
