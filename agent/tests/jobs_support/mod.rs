@@ -122,7 +122,8 @@ pub async fn follow(mgr: &JobManager, id: &str, from: u64) -> (Vec<u8>, Job) {
     (out, job)
 }
 
-/// Reads a job's output until `needle` has appeared; returns what was read.
+/// Reads a job's output until a complete line of its own (not an agent note) contains
+/// `needle`; returns what was read.
 pub async fn wait_for_output(mgr: &JobManager, id: &str, needle: &str) -> String {
     let mut stream = mgr.watch(id, 0).unwrap();
     let mut out = Vec::new();
@@ -131,8 +132,11 @@ pub async fn wait_for_output(mgr: &JobManager, id: &str, needle: &str) -> String
             match ev.unwrap().event.unwrap() {
                 job_event::Event::Output(c) => {
                     out.extend_from_slice(&c.data);
-                    if String::from_utf8_lossy(&out).contains(needle) {
-                        return String::from_utf8_lossy(&out).into_owned();
+                    let text = String::from_utf8_lossy(&out).into_owned();
+                    // Complete lines of the job's own output, not the agent's notes.
+                    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+                    if complete.lines().any(|l| !l.starts_with("[agent]") && l.contains(needle)) {
+                        return text;
                     }
                 }
                 job_event::Event::Finished(job) => panic!("job ended before printing {needle:?}: {job:?}"),
