@@ -17,6 +17,11 @@ use crate::runbooks::config::{expand, RunbooksConfig, TemplateVars};
 /// cannot be dialled (no address of the configured kind) are left out with a warning.
 pub async fn discover(cfg: &ControllerConfig) -> Result<Vec<Host>, FleetError> {
     let clients = AwsClients::load(&cfg.aws).await.map_err(|e| FleetError::Ec2(e.to_string()))?;
+    discover_with(&clients, cfg).await
+}
+
+/// `discover` with clients already built (tests build theirs).
+pub async fn discover_with(clients: &AwsClients, cfg: &ControllerConfig) -> Result<Vec<Host>, FleetError> {
     let instances = ec2::describe_instances(&clients.ec2, &cfg.fleet.tag_filters, &["running"])
         .await
         .map_err(|e| FleetError::Ec2(e.to_string()))?;

@@ -2,6 +2,7 @@
 //! dispatch from a parsed command to the library. Exit codes: 0 all good, 1 something
 //! checked failed or a host did not answer, 2 the command could not run.
 
+use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +52,9 @@ pub enum Command {
         #[arg(long)]
         count: Option<u32>,
     },
+    /// Typed jobs on one host: the only way to change a host.
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Development PKI: fleet CA and certificates.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -87,6 +91,47 @@ pub enum BackupCommand {
     /// Retention and window per database, newest automated snapshot, last EBS
     /// snapshots, snapshot sizes over time.
     Verify(ReportArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Start a job and follow its output until it ends (exit 1 if it did not succeed).
+    Start {
+        /// Host name (from the inventory) or EC2 instance id.
+        host: String,
+        #[command(subcommand)]
+        kind: crate::commands::job::KindArgs,
+        /// Return once the agent has accepted the job instead of following it.
+        #[arg(long, global = true)]
+        detach: bool,
+        /// The same key returns the same job instead of starting another (default: a fresh key).
+        #[arg(long, global = true)]
+        idempotency_key: Option<String>,
+        /// Override the agent's default timeout for this job, e.g. 30m.
+        #[arg(long, global = true, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Queue behind a running job instead of failing.
+        #[arg(long, global = true)]
+        queue: bool,
+    },
+    /// Follow a job's output (reattaches by itself after a dropped connection).
+    Watch {
+        host: String,
+        job_id: String,
+        /// Byte offset of the output to start from.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+    /// Recent jobs on a host, newest first.
+    List {
+        host: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One job's record.
+    Get { host: String, job_id: String },
+    /// Cancel a queued or running job (SIGTERM, then SIGKILL).
+    Cancel { host: String, job_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +217,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Backup(BackupCommand::Verify(r)) => Ok(runbooks::cli(Which::BackupVerify, &cli.config, output, &r.report_dir).await?),
         Command::SecurityReview(r) => Ok(runbooks::cli(Which::SecurityReview, &cli.config, output, &r.report_dir).await?),
+        Command::Job(cmd) => run_job(cmd, &cli.config, output).await,
         Command::Diag { host, follow, interval, top, count } => {
             let cfg = ControllerConfig::load(&cli.config)?;
             let hosts = fleet::discover(&cfg).await?;
@@ -189,6 +235,75 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+async fn run_job(cmd: JobCommand, config: &std::path::Path, output: OutputFormat) -> anyhow::Result<ExitCode> {
+    use crate::commands::job;
+    let cfg = ControllerConfig::load(config)?;
+    let hosts = fleet::discover(&cfg).await?;
+    let dialer = Dialer::from_config(&cfg)?;
+    let mut stdout = std::io::stdout().lock();
+    let host_of = |name: &str| fleet::find(&hosts, name).cloned();
+    let code = match cmd {
+        JobCommand::Start { host, kind, detach, idempotency_key, timeout, queue } => {
+            let host = host_of(&host)?;
+            let req = ops_proto::v1::StartJobRequest {
+                spec: Some(job::spec(&kind)),
+                idempotency_key: idempotency_key.unwrap_or_else(job::new_idempotency_key),
+                timeout_seconds: timeout.map(|t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX).max(1)).unwrap_or(0),
+                queue_if_busy: queue,
+            };
+            let started = job::start(&dialer, &host, req).await?;
+            eprintln!("{}: started job {} ({})", host.name, started.id, job::state_name(started.state));
+            let done = if detach || job::is_final(started.state) {
+                started
+            } else {
+                job::watch(&dialer, &host, &started.id, 0, &mut stdout).await?
+            };
+            if detach && !job::is_final(done.state) {
+                match output {
+                    OutputFormat::Json => writeln!(stdout, "{}", job::job_json(&done))?,
+                    OutputFormat::Table => writeln!(stdout, "{}", job::job_line(&done))?,
+                }
+                0
+            } else {
+                job::finish(&done, output, &mut stdout)?
+            }
+        }
+        JobCommand::Watch { host, job_id, from } => {
+            let host = host_of(&host)?;
+            let done = job::watch(&dialer, &host, &job_id, from, &mut stdout).await?;
+            job::finish(&done, output, &mut stdout)?
+        }
+        JobCommand::List { host, limit } => {
+            let jobs = job::list(&dialer, &host_of(&host)?, limit).await?;
+            match output {
+                OutputFormat::Json => {
+                    let v: Vec<_> = jobs.iter().map(job::job_json).collect();
+                    writeln!(stdout, "{}", serde_json::to_string_pretty(&v)?)?;
+                }
+                OutputFormat::Table => write!(stdout, "{}", job::render_list(&jobs))?,
+            }
+            0
+        }
+        JobCommand::Get { host, job_id } => {
+            let j = job::get(&dialer, &host_of(&host)?, &job_id).await?;
+            match output {
+                OutputFormat::Json => writeln!(stdout, "{}", job::job_json(&j))?,
+                OutputFormat::Table => writeln!(stdout, "{}", job::job_line(&j))?,
+            }
+            0
+        }
+        JobCommand::Cancel { host, job_id } => {
+            let j = job::cancel(&dialer, &host_of(&host)?, &job_id).await?;
+            match output {
+                OutputFormat::Json => writeln!(stdout, "{}", job::job_json(&j))?,
+                OutputFormat::Table => writeln!(stdout, "{}", job::job_line(&j))?,
+            }
+            0
+        }
+    };
+    Ok(code)
 }
 
 fn run_pki(cmd: PkiCommand) -> anyhow::Result<ExitCode> {

@@ -323,7 +323,10 @@ impl ConnectError {
                     _ => None,
                 };
                 if let Some(kind) = kind {
-                    return ConnectError::new(kind, io.to_string());
+                    // "connection refused: Connection refused (os error 111)" says it twice.
+                    let text = io.to_string();
+                    let detail = if text.to_lowercase().starts_with(kind.as_str()) { String::new() } else { text };
+                    return ConnectError::new(kind, detail);
                 }
                 if let Some(inner) = io.get_ref() {
                     cur = Some(inner);

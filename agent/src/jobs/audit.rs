@@ -31,7 +31,10 @@ pub struct AuditError {
 
 impl Audit {
     pub fn new(path: PathBuf) -> Audit {
-        Audit { path, lock: tokio::sync::Mutex::new(()) }
+        Audit {
+            path,
+            lock: tokio::sync::Mutex::new(()),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -39,9 +42,17 @@ impl Audit {
     }
 
     /// Appends `event` with the current time and the caller, then fsyncs.
-    pub async fn record(&self, event: &str, caller: Option<&PeerIdentity>, fields: Value) -> Result<(), AuditError> {
+    pub async fn record(
+        &self,
+        event: &str,
+        caller: Option<&PeerIdentity>,
+        fields: Value,
+    ) -> Result<(), AuditError> {
         let mut line = Map::new();
-        line.insert("time".into(), Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+        line.insert(
+            "time".into(),
+            Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        );
         line.insert("event".into(), Value::String(event.into()));
         if let Some(c) = caller {
             line.insert("caller".into(), Value::String(c.name.clone()));
@@ -56,14 +67,24 @@ impl Audit {
         let path = self.path.clone();
         let res = tokio::task::spawn_blocking(move || append_line(&path, text.as_bytes())).await;
         match res {
-            Ok(r) => r.map_err(|source| AuditError { path: self.path.clone(), source }),
-            Err(join) => Err(AuditError { path: self.path.clone(), source: std::io::Error::other(join.to_string()) }),
+            Ok(r) => r.map_err(|source| AuditError {
+                path: self.path.clone(),
+                source,
+            }),
+            Err(join) => Err(AuditError {
+                path: self.path.clone(),
+                source: std::io::Error::other(join.to_string()),
+            }),
         }
     }
 }
 
 fn append_line(path: &Path, line: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(line)?;
     f.sync_data()
 }
@@ -78,11 +99,28 @@ mod tests {
     async fn lines_carry_time_event_caller_and_fields() {
         let tmp = tempfile::tempdir().unwrap();
         let audit = Audit::new(tmp.path().join("audit.log"));
-        let who = PeerIdentity { name: "ci".into(), role: Some(Role::Operator), role_claim: "operator".into() };
-        audit.record("start", Some(&who), serde_json::json!({"job_id": "j1"})).await.unwrap();
-        audit.record("finished", None, serde_json::json!({"job_id": "j1", "state": "succeeded"})).await.unwrap();
+        let who = PeerIdentity {
+            name: "ci".into(),
+            role: Some(Role::Operator),
+            role_claim: "operator".into(),
+        };
+        audit
+            .record("start", Some(&who), serde_json::json!({"job_id": "j1"}))
+            .await
+            .unwrap();
+        audit
+            .record(
+                "finished",
+                None,
+                serde_json::json!({"job_id": "j1", "state": "succeeded"}),
+            )
+            .await
+            .unwrap();
         let text = std::fs::read_to_string(audit.path()).unwrap();
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["caller"], "ci");
         assert_eq!(lines[0]["role"], "operator");

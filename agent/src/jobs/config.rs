@@ -61,10 +61,16 @@ impl JobsConfig {
                 self.logrotate_config.display()
             ));
         }
-        for (key, path) in [("logrotate_state_file", &self.logrotate_state_file), ("audit_log", &self.audit_log)] {
+        for (key, path) in [
+            ("logrotate_state_file", &self.logrotate_state_file),
+            ("audit_log", &self.audit_log),
+        ] {
             if let Some(p) = path {
                 if !p.is_absolute() {
-                    return Err(format!("[jobs] {key} must be an absolute path, got {}", p.display()));
+                    return Err(format!(
+                        "[jobs] {key} must be an absolute path, got {}",
+                        p.display()
+                    ));
                 }
             }
         }
@@ -97,27 +103,40 @@ pub struct ActionConfig {
 impl ActionConfig {
     pub fn validate(&self) -> Result<(), String> {
         let name = &self.name;
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             return Err(format!(
                 "[[actions]] name {name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"
             ));
         }
         match self.argv.first() {
             None => return Err(format!("[[actions]] {name}: argv must not be empty")),
-            Some(p) if p.is_empty() => return Err(format!("[[actions]] {name}: argv[0] must not be empty")),
+            Some(p) if p.is_empty() => {
+                return Err(format!("[[actions]] {name}: argv[0] must not be empty"))
+            }
             Some(_) => {}
         }
         if let Some(cwd) = &self.cwd {
             if !cwd.is_absolute() {
-                return Err(format!("[[actions]] {name}: cwd must be absolute, got {}", cwd.display()));
+                return Err(format!(
+                    "[[actions]] {name}: cwd must be absolute, got {}",
+                    cwd.display()
+                ));
             }
         }
         if self.timeout_seconds == Some(0) {
-            return Err(format!("[[actions]] {name}: timeout_seconds must be at least 1"));
+            return Err(format!(
+                "[[actions]] {name}: timeout_seconds must be at least 1"
+            ));
         }
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(format!("[[actions]] {name}: invalid environment variable name {key:?}"));
+                return Err(format!(
+                    "[[actions]] {name}: invalid environment variable name {key:?}"
+                ));
             }
         }
         if let Some(user) = &self.run_as {
@@ -135,7 +154,10 @@ pub fn validate_actions(actions: &[ActionConfig]) -> Result<(), String> {
     for a in actions {
         a.validate()?;
         if !seen.insert(a.name.as_str()) {
-            return Err(format!("[[actions]] name {:?} is defined more than once", a.name));
+            return Err(format!(
+                "[[actions]] name {:?} is defined more than once",
+                a.name
+            ));
         }
     }
     Ok(())
@@ -153,13 +175,25 @@ impl CleanupConfig {
     pub fn validate(&self) -> Result<(), String> {
         for root in &self.allowed_roots {
             if !root.is_absolute() {
-                return Err(format!("[cleanup] allowed_roots: {} is not an absolute path", root.display()));
+                return Err(format!(
+                    "[cleanup] allowed_roots: {} is not an absolute path",
+                    root.display()
+                ));
             }
-            if root.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
-                return Err(format!("[cleanup] allowed_roots: {} must not contain '.' or '..'", root.display()));
+            if root
+                .components()
+                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+            {
+                return Err(format!(
+                    "[cleanup] allowed_roots: {} must not contain '.' or '..'",
+                    root.display()
+                ));
             }
             if root == Path::new("/") {
-                return Err("[cleanup] allowed_roots: '/' would allow deleting anywhere; name directories".into());
+                return Err(
+                    "[cleanup] allowed_roots: '/' would allow deleting anywhere; name directories"
+                        .into(),
+                );
             }
         }
         Ok(())
@@ -180,7 +214,9 @@ impl ServicesConfig {
     pub fn validate(&self) -> Result<(), String> {
         for unit in &self.allowed {
             if !valid_unit_name(unit) {
-                return Err(format!("[services] allowed: {unit:?} is not a valid systemd unit name"));
+                return Err(format!(
+                    "[services] allowed: {unit:?} is not a valid systemd unit name"
+                ));
             }
         }
         Ok(())
@@ -192,7 +228,9 @@ pub fn valid_unit_name(unit: &str) -> bool {
     !unit.is_empty()
         && unit.len() <= 255
         && !unit.starts_with('-')
-        && unit.chars().all(|c| c.is_ascii_alphanumeric() || ":-_.@\\".contains(c))
+        && unit
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":-_.@\\".contains(c))
 }
 
 /// Everything the job engine needs, assembled by the agent's config loader.
@@ -209,7 +247,10 @@ pub struct JobSettings {
 impl JobSettings {
     pub fn validate(&self) -> Result<(), String> {
         if !self.state_dir.is_absolute() {
-            return Err(format!("state_dir must be an absolute path, got {}", self.state_dir.display()));
+            return Err(format!(
+                "state_dir must be an absolute path, got {}",
+                self.state_dir.display()
+            ));
         }
         self.jobs.validate()?;
         validate_actions(&self.actions)?;
@@ -219,7 +260,10 @@ impl JobSettings {
 
     /// The audit log's path.
     pub fn audit_log_path(&self) -> PathBuf {
-        self.jobs.audit_log.clone().unwrap_or_else(|| self.state_dir.join("audit.log"))
+        self.jobs
+            .audit_log
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit.log"))
     }
 }
 
@@ -260,7 +304,8 @@ mod tests {
 
     #[test]
     fn defaults_apply_when_sections_are_empty() {
-        let e: Embedded = toml::from_str("state_dir = \"/var/lib/ops-agent\"\n[jobs]\n").expect("parses");
+        let e: Embedded =
+            toml::from_str("state_dir = \"/var/lib/ops-agent\"\n[jobs]\n").expect("parses");
         assert_eq!(e.jobs.default_timeout_seconds, 3600);
         assert_eq!(e.jobs.keep_max_jobs, 200);
         assert_eq!(e.jobs.kill_grace_seconds, 10);
@@ -283,13 +328,24 @@ mod tests {
             timeout_seconds: None,
             run_as: None,
         };
-        assert!(validate_actions(&[a("x", &[])]).unwrap_err().contains("argv must not be empty"));
-        assert!(validate_actions(&[a("x", &["true"]), a("x", &["false"])]).unwrap_err().contains("more than once"));
-        let c = CleanupConfig { allowed_roots: vec![PathBuf::from("tmp")] };
+        assert!(validate_actions(&[a("x", &[])])
+            .unwrap_err()
+            .contains("argv must not be empty"));
+        assert!(validate_actions(&[a("x", &["true"]), a("x", &["false"])])
+            .unwrap_err()
+            .contains("more than once"));
+        let c = CleanupConfig {
+            allowed_roots: vec![PathBuf::from("tmp")],
+        };
         assert!(c.validate().unwrap_err().contains("not an absolute path"));
-        let c = CleanupConfig { allowed_roots: vec![PathBuf::from("/")] };
+        let c = CleanupConfig {
+            allowed_roots: vec![PathBuf::from("/")],
+        };
         assert!(c.validate().is_err());
-        let s = ServicesConfig { allowed: vec!["-x".into()], systemctl: None };
+        let s = ServicesConfig {
+            allowed: vec!["-x".into()],
+            systemctl: None,
+        };
         assert!(s.validate().is_err());
     }
 }

@@ -92,7 +92,8 @@ impl Shared {
                 .filter(|e| is_finished(e.job.state))
                 .map(|e| (e.job.id.clone(), e.job.created_unix_ms))
                 .collect();
-            let max_age_ms = i64::try_from(cfg.keep_max_age_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX);
+            let max_age_ms =
+                i64::try_from(cfg.keep_max_age_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX);
             let victims = prune_plan(finished, now, cfg.keep_max_jobs, max_age_ms);
             for id in &victims {
                 if let Some(e) = inner.jobs.remove(id) {
@@ -108,11 +109,17 @@ impl Shared {
         }
         let store = self.store.clone();
         let res = tokio::task::spawn_blocking(move || {
-            victims.iter().filter_map(|id| store.remove(id).err()).map(|e| e.to_string()).collect::<Vec<_>>()
+            victims
+                .iter()
+                .filter_map(|id| store.remove(id).err())
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
         })
         .await;
         match res {
-            Ok(errors) => errors.iter().for_each(|e| warn!(error = %e, "cannot prune an old job")),
+            Ok(errors) => errors
+                .iter()
+                .for_each(|e| warn!(error = %e, "cannot prune an old job")),
             Err(e) => warn!(error = %e, "pruning old jobs failed"),
         }
     }
@@ -120,7 +127,12 @@ impl Shared {
 
 /// Which finished jobs to delete: older than `max_age_ms`, then all but the newest
 /// `keep_max`. Input: (id, created ms).
-pub fn prune_plan(mut finished: Vec<(String, i64)>, now_ms: i64, keep_max: usize, max_age_ms: i64) -> Vec<String> {
+pub fn prune_plan(
+    mut finished: Vec<(String, i64)>,
+    now_ms: i64,
+    keep_max: usize,
+    max_age_ms: i64,
+) -> Vec<String> {
     finished.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
     finished
         .into_iter()
@@ -137,8 +149,27 @@ pub(super) fn now_ms() -> i64 {
 /// Time-ordered, unique enough to never collide on one host: `20250101T120000123Z-1a2b3c`.
 fn new_job_id() -> String {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
-    format!("{}-{:06x}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ"), h.finish() & 0xff_ffff)
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!(
+        "{}-{:06x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ"),
+        h.finish() & 0xff_ffff
+    )
+}
+
+/// A job's record with its output length as of now (the record on disk has it only
+/// once the job ended).
+fn live(e: &Entry) -> Job {
+    let mut job = e.job.clone();
+    if e.stop.is_some() {
+        job.output_bytes = e.progress.borrow().written;
+    }
+    job
 }
 
 fn may_change_hosts(caller: &PeerIdentity) -> bool {
@@ -148,10 +179,18 @@ fn may_change_hosts(caller: &PeerIdentity) -> bool {
 /// What the slot decision under the lock came to.
 enum Admission {
     Existing(Job),
-    Conflict { job_id: String },
-    Busy { running: String },
+    Conflict {
+        job_id: String,
+    },
+    Busy {
+        running: String,
+    },
     ShuttingDown,
-    Admitted { job: Job, stop: watch::Receiver<Option<StopReason>>, go: Option<oneshot::Receiver<()>> },
+    Admitted {
+        job: Job,
+        stop: watch::Receiver<Option<StopReason>>,
+        go: Option<oneshot::Receiver<()>>,
+    },
 }
 
 impl JobManager {
@@ -165,7 +204,11 @@ impl JobManager {
         let (store, loaded, unreadable) = tokio::task::spawn_blocking(move || {
             if let Some(dir) = audit_dir {
                 std::fs::create_dir_all(&dir).map_err(|source| {
-                    JobError::Store(super::store::StoreError { op: "create the audit log's directory", path: dir, source })
+                    JobError::Store(super::store::StoreError {
+                        op: "create the audit log's directory",
+                        path: dir,
+                        source,
+                    })
                 })?;
             }
             let store = Store::open(&state_dir)?;
@@ -177,7 +220,12 @@ impl JobManager {
         for u in &unreadable {
             warn!(dir = %u.dir.display(), reason = %u.reason, "skipping a job directory whose record cannot be read");
         }
-        let shared = Arc::new(Shared { settings, store, audit: Audit::new(audit_path), inner: Mutex::default() });
+        let shared = Arc::new(Shared {
+            settings,
+            store,
+            audit: Audit::new(audit_path),
+            inner: Mutex::default(),
+        });
         let now = now_ms();
         let mut inner = Inner::default();
         for mut job in loaded {
@@ -200,11 +248,24 @@ impl JobManager {
                     warn!(error = %e, "cannot audit an interrupted job");
                 }
             }
-            let progress = watch::Sender::new(Progress { written: job.output_bytes, finished: Some(Arc::new(job.clone())) });
+            let progress = watch::Sender::new(Progress {
+                written: job.output_bytes,
+                finished: Some(Arc::new(job.clone())),
+            });
             if !job.idempotency_key.is_empty() {
-                inner.by_key.insert(job.idempotency_key.clone(), job.id.clone());
+                inner
+                    .by_key
+                    .insert(job.idempotency_key.clone(), job.id.clone());
             }
-            inner.jobs.insert(job.id.clone(), Entry { job, progress, stop: None, go: None });
+            inner.jobs.insert(
+                job.id.clone(),
+                Entry {
+                    job,
+                    progress,
+                    stop: None,
+                    go: None,
+                },
+            );
         }
         *shared.lock() = inner;
         shared.prune().await;
@@ -212,29 +273,55 @@ impl JobManager {
     }
 
     /// Starts a job (or returns the one its idempotency key already started).
-    pub async fn start(&self, req: StartJobRequest, caller: &PeerIdentity) -> Result<Job, JobError> {
+    pub async fn start(
+        &self,
+        req: StartJobRequest,
+        caller: &PeerIdentity,
+    ) -> Result<Job, JobError> {
         let sh = &self.shared;
-        let spec_value = req.spec.as_ref().map(spec_json).unwrap_or(serde_json::Value::Null);
+        let spec_value = req
+            .spec
+            .as_ref()
+            .map(spec_json)
+            .unwrap_or(serde_json::Value::Null);
         if !may_change_hosts(caller) {
             warn!(caller = %caller.describe(), "job start denied: the caller's role may not change hosts");
             let line = json!({ "spec": spec_value, "reason": "role may not start jobs" });
             if let Err(e) = sh.audit.record("start_denied", Some(caller), line).await {
                 warn!(error = %e, "cannot audit a denied job start");
             }
-            return Err(JobError::PermissionDenied { caller: caller.describe(), action: "start jobs" });
+            return Err(JobError::PermissionDenied {
+                caller: caller.describe(),
+                action: "start jobs",
+            });
         }
         let refuse = |reason: String| {
             let line = json!({ "spec": spec_value, "reason": reason });
             async move {
                 warn!(caller = %caller.describe(), %reason, "job start refused");
-                sh.audit.record("start_refused", Some(caller), line).await
+                // A refusal changes nothing, so an audit failure must not hide the reason.
+                if let Err(e) = sh.audit.record("start_refused", Some(caller), line).await {
+                    warn!(error = %e, "cannot audit a refused job start");
+                }
             }
         };
         let Some(spec) = req.spec.clone() else {
             let msg = "the request has no job spec".to_string();
-            refuse(msg.clone()).await?;
+            refuse(msg.clone()).await;
             return Err(JobError::InvalidSpec(msg));
         };
+        // A retry must get its job back even when the request would no longer pass its
+        // checks (the process it killed is gone, say): keys first.
+        match self.by_key(&req.idempotency_key, &spec) {
+            Some(Ok(job)) => return Ok(job),
+            Some(Err(job_id)) => {
+                return Err(JobError::IdempotencyConflict {
+                    key: req.idempotency_key,
+                    job_id,
+                })
+            }
+            None => {}
+        }
         let check = {
             let (sh, spec) = (self.shared.clone(), spec.clone());
             tokio::task::spawn_blocking(move || kinds::prepare(&spec, &sh.settings))
@@ -244,12 +331,14 @@ impl JobManager {
         let prepared = match check {
             Ok(p) => p,
             Err(msg) => {
-                refuse(msg.clone()).await?;
+                refuse(msg.clone()).await;
                 return Err(JobError::InvalidSpec(msg));
             }
         };
         let timeout_seconds = match req.timeout_seconds {
-            0 => prepared.configured_timeout_seconds().unwrap_or(sh.settings.jobs.default_timeout_seconds),
+            0 => prepared
+                .configured_timeout_seconds()
+                .unwrap_or(sh.settings.jobs.default_timeout_seconds),
             t => u64::from(t),
         };
         let admission = self.admit(&req, spec, caller, timeout_seconds);
@@ -259,11 +348,14 @@ impl JobManager {
                 return Ok(job);
             }
             Admission::Conflict { job_id } => {
-                return Err(JobError::IdempotencyConflict { key: req.idempotency_key, job_id });
+                return Err(JobError::IdempotencyConflict {
+                    key: req.idempotency_key,
+                    job_id,
+                });
             }
             Admission::ShuttingDown => return Err(JobError::ShuttingDown),
             Admission::Busy { running } => {
-                refuse(format!("busy: job {running} is running")).await?;
+                refuse(format!("busy: job {running} is running")).await;
                 return Err(JobError::Busy { running });
             }
             Admission::Admitted { job, stop, go } => (job, stop, go),
@@ -284,7 +376,10 @@ impl JobManager {
                     "timeout_seconds": job.timeout_seconds,
                     "queued": go.is_some(),
                 });
-                sh.audit.record("start", Some(caller), line).await.map_err(JobError::from)
+                sh.audit
+                    .record("start", Some(caller), line)
+                    .await
+                    .map_err(JobError::from)
             }
             Err(e) => Err(e),
         };
@@ -295,12 +390,40 @@ impl JobManager {
         info!(job_id = %job.id, kind = kind_name(job.spec.as_ref().unwrap_or(&Default::default())),
               caller = %caller.describe(), queued = go.is_some(), "job started");
         let timeout = Duration::from_secs(timeout_seconds);
-        tokio::spawn(task::run_job(sh.clone(), job.id.clone(), prepared, stop, go, timeout));
+        tokio::spawn(task::run_job(
+            sh.clone(),
+            job.id.clone(),
+            prepared,
+            stop,
+            go,
+            timeout,
+        ));
         Ok(job)
     }
 
+    /// The job an idempotency key already names: Ok when the spec is the same, Err(id)
+    /// when it differs; None for an empty or unused key.
+    fn by_key(&self, key: &str, spec: &ops_proto::v1::JobSpec) -> Option<Result<Job, String>> {
+        if key.is_empty() {
+            return None;
+        }
+        let inner = self.shared.lock();
+        let e = inner.by_key.get(key).and_then(|id| inner.jobs.get(id))?;
+        Some(if e.job.spec.as_ref() == Some(spec) {
+            Ok(live(e))
+        } else {
+            Err(e.job.id.clone())
+        })
+    }
+
     /// The idempotency and one-at-a-time decisions, atomically.
-    fn admit(&self, req: &StartJobRequest, spec: ops_proto::v1::JobSpec, caller: &PeerIdentity, timeout: u64) -> Admission {
+    fn admit(
+        &self,
+        req: &StartJobRequest,
+        spec: ops_proto::v1::JobSpec,
+        caller: &PeerIdentity,
+        timeout: u64,
+    ) -> Admission {
         let sh = &self.shared;
         let mut inner = sh.lock();
         if inner.shutting_down {
@@ -310,14 +433,19 @@ impl JobManager {
         if !key.is_empty() {
             if let Some(e) = inner.by_key.get(key).and_then(|id| inner.jobs.get(id)) {
                 return if e.job.spec.as_ref() == Some(&spec) {
-                    Admission::Existing(e.job.clone())
+                    Admission::Existing(live(e))
                 } else {
-                    Admission::Conflict { job_id: e.job.id.clone() }
+                    Admission::Conflict {
+                        job_id: e.job.id.clone(),
+                    }
                 };
             }
         }
         let exclusive = !sh.settings.jobs.allow_concurrent;
-        let holder = inner.running.clone().or_else(|| inner.queue.front().cloned());
+        let holder = inner
+            .running
+            .clone()
+            .or_else(|| inner.queue.front().cloned());
         let queued = match (exclusive, holder) {
             (false, _) | (true, None) => false,
             (true, Some(_)) if req.queue_if_busy => true,
@@ -331,7 +459,11 @@ impl JobManager {
         let job = Job {
             id: id.clone(),
             spec: Some(spec),
-            state: if queued { JobState::Queued } else { JobState::Running } as i32,
+            state: if queued {
+                JobState::Queued
+            } else {
+                JobState::Running
+            } as i32,
             idempotency_key: key.clone(),
             created_unix_ms: now,
             started_unix_ms: if queued { 0 } else { now },
@@ -356,8 +488,20 @@ impl JobManager {
             inner.by_key.insert(key.clone(), id.clone());
         }
         let progress = watch::Sender::new(Progress::default());
-        inner.jobs.insert(id, Entry { job: job.clone(), progress, stop: Some(stop_tx), go: go_tx });
-        Admission::Admitted { job, stop: stop_rx, go: go_rx }
+        inner.jobs.insert(
+            id,
+            Entry {
+                job: job.clone(),
+                progress,
+                stop: Some(stop_tx),
+                go: go_tx,
+            },
+        );
+        Admission::Admitted {
+            job,
+            stop: stop_rx,
+            go: go_rx,
+        }
     }
 
     /// Forgets a job whose start could not be made durable.
@@ -380,16 +524,30 @@ impl JobManager {
     /// The current record of one job.
     pub async fn get(&self, job_id: &str) -> Result<Job, JobError> {
         let inner = self.shared.lock();
-        inner.jobs.get(job_id).map(|e| e.job.clone()).ok_or_else(|| JobError::NotFound { job_id: job_id.into() })
+        inner
+            .jobs
+            .get(job_id)
+            .map(live)
+            .ok_or_else(|| JobError::NotFound {
+                job_id: job_id.into(),
+            })
     }
 
     /// Recent jobs, newest first; `limit` 0 means `DEFAULT_LIST_LIMIT`.
     pub async fn list(&self, limit: usize) -> Vec<Job> {
-        let limit = if limit == 0 { DEFAULT_LIST_LIMIT } else { limit };
+        let limit = if limit == 0 {
+            DEFAULT_LIST_LIMIT
+        } else {
+            limit
+        };
         let inner = self.shared.lock();
-        let mut jobs: Vec<Job> = inner.jobs.values().map(|e| e.job.clone()).collect();
+        let mut jobs: Vec<Job> = inner.jobs.values().map(live).collect();
         drop(inner);
-        jobs.sort_by(|a, b| b.created_unix_ms.cmp(&a.created_unix_ms).then_with(|| b.id.cmp(&a.id)));
+        jobs.sort_by(|a, b| {
+            b.created_unix_ms
+                .cmp(&a.created_unix_ms)
+                .then_with(|| b.id.cmp(&a.id))
+        });
         jobs.truncate(limit);
         jobs
     }
@@ -403,14 +561,24 @@ impl JobManager {
     ) -> Result<ReceiverStream<Result<JobEvent, tonic::Status>>, JobError> {
         let rx = {
             let inner = self.shared.lock();
-            let e = inner.jobs.get(job_id).ok_or_else(|| JobError::NotFound { job_id: job_id.into() })?;
+            let e = inner.jobs.get(job_id).ok_or_else(|| JobError::NotFound {
+                job_id: job_id.into(),
+            })?;
             e.progress.subscribe()
         };
         let len = rx.borrow().written;
         if from_offset > len {
-            return Err(JobError::OffsetOutOfRange { job_id: job_id.into(), offset: from_offset, len });
+            return Err(JobError::OffsetOutOfRange {
+                job_id: job_id.into(),
+                offset: from_offset,
+                len,
+            });
         }
-        Ok(watcher::spawn(self.shared.store.output_path(job_id), rx, from_offset))
+        Ok(watcher::spawn(
+            self.shared.store.output_path(job_id),
+            rx,
+            from_offset,
+        ))
     }
 
     /// Asks a queued or running job to stop (SIGTERM, then SIGKILL after the grace
@@ -424,26 +592,48 @@ impl JobManager {
             if let Err(e) = sh.audit.record("cancel_denied", Some(caller), line).await {
                 warn!(error = %e, "cannot audit a denied cancel");
             }
-            return Err(JobError::PermissionDenied { caller: caller.describe(), action: "cancel jobs" });
+            return Err(JobError::PermissionDenied {
+                caller: caller.describe(),
+                action: "cancel jobs",
+            });
         }
         let job = self.get(job_id).await?;
         if is_finished(job.state) {
             return Ok(job);
         }
-        sh.audit.record("cancel", Some(caller), json!({ "job_id": job_id, "state": state_name(job.state) })).await?;
+        let line = json!({ "job_id": job_id, "state": state_name(job.state) });
+        if let Err(e) = sh.audit.record("cancel", Some(caller), line).await {
+            // Stopping a job is always allowed to proceed: a full disk that refuses the
+            // audit line is exactly when a runaway job must still be stoppable.
+            warn!(error = %e, job_id, "cannot audit a cancel; cancelling anyway");
+        }
         let mut rx = {
             let mut inner = sh.lock();
             inner.queue.retain(|q| q != job_id);
-            let e = inner.jobs.get_mut(job_id).ok_or_else(|| JobError::NotFound { job_id: job_id.into() })?;
+            let e = inner
+                .jobs
+                .get_mut(job_id)
+                .ok_or_else(|| JobError::NotFound {
+                    job_id: job_id.into(),
+                })?;
             if let Some(stop) = &e.stop {
-                stop.send_replace(Some(StopReason::Cancelled { by: caller.describe() }));
+                stop.send_replace(Some(StopReason::Cancelled {
+                    by: caller.describe(),
+                }));
             }
             e.progress.subscribe()
         };
         info!(job_id, caller = %caller.describe(), "job cancel requested");
         let bound = sh.grace() + END_WAIT_SLACK;
-        if tokio::time::timeout(bound, rx.wait_for(|p| p.finished.is_some())).await.is_err() {
-            warn!(job_id, "job did not end within {} s of its cancel", bound.as_secs());
+        if tokio::time::timeout(bound, rx.wait_for(|p| p.finished.is_some()))
+            .await
+            .is_err()
+        {
+            warn!(
+                job_id,
+                "job did not end within {} s of its cancel",
+                bound.as_secs()
+            );
         }
         self.get(job_id).await
     }
@@ -468,7 +658,10 @@ impl JobManager {
         };
         let deadline = tokio::time::Instant::now() + sh.grace() + END_WAIT_SLACK;
         for (id, mut rx) in waits {
-            if tokio::time::timeout_at(deadline, rx.wait_for(|p| p.finished.is_some())).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.wait_for(|p| p.finished.is_some()))
+                .await
+                .is_err()
+            {
                 warn!(job_id = %id, "job did not stop before the shutdown deadline");
             }
         }

@@ -38,13 +38,20 @@ pub enum JobError {
     #[error("{0}")]
     InvalidSpec(String),
     #[error("{caller} may not {action}: only the operator role may start or cancel jobs")]
-    PermissionDenied { caller: String, action: &'static str },
+    PermissionDenied {
+        caller: String,
+        action: &'static str,
+    },
     #[error("job {running} is running and only one host change runs at a time; wait for it, cancel it, or ask to queue (queue_if_busy)")]
     Busy { running: String },
     #[error("idempotency key {key:?} was already used for job {job_id} with a different spec; use a new key")]
     IdempotencyConflict { key: String, job_id: String },
     #[error("offset {offset} is past the end of job {job_id}'s output ({len} bytes so far)")]
-    OffsetOutOfRange { job_id: String, offset: u64, len: u64 },
+    OffsetOutOfRange {
+        job_id: String,
+        offset: u64,
+        len: u64,
+    },
     #[error("the agent is shutting down and starts no new jobs")]
     ShuttingDown,
     #[error("invalid job settings: {0}")]
@@ -68,9 +75,10 @@ impl From<JobError> for tonic::Status {
             JobError::IdempotencyConflict { .. } => tonic::Status::already_exists(msg),
             JobError::OffsetOutOfRange { .. } => tonic::Status::out_of_range(msg),
             JobError::ShuttingDown => tonic::Status::unavailable(msg),
-            JobError::Config(_) | JobError::Store(_) | JobError::Audit(_) | JobError::Internal(_) => {
-                tonic::Status::internal(msg)
-            }
+            JobError::Config(_)
+            | JobError::Store(_)
+            | JobError::Audit(_)
+            | JobError::Internal(_) => tonic::Status::internal(msg),
         }
     }
 }
@@ -83,15 +91,31 @@ mod tests {
     #[test]
     fn errors_map_to_deliberate_codes() {
         let code = |e: JobError| tonic::Status::from(e).code();
-        assert_eq!(code(JobError::NotFound { job_id: "x".into() }), tonic::Code::NotFound);
-        assert_eq!(code(JobError::InvalidSpec("bad".into())), tonic::Code::InvalidArgument);
         assert_eq!(
-            code(JobError::PermissionDenied { caller: "v".into(), action: "start jobs" }),
+            code(JobError::NotFound { job_id: "x".into() }),
+            tonic::Code::NotFound
+        );
+        assert_eq!(
+            code(JobError::InvalidSpec("bad".into())),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            code(JobError::PermissionDenied {
+                caller: "v".into(),
+                action: "start jobs"
+            }),
             tonic::Code::PermissionDenied
         );
-        assert_eq!(code(JobError::Busy { running: "j1".into() }), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            code(JobError::Busy {
+                running: "j1".into()
+            }),
+            tonic::Code::FailedPrecondition
+        );
         assert_eq!(code(JobError::Internal("io".into())), tonic::Code::Internal);
-        let s = tonic::Status::from(JobError::Busy { running: "j-42".into() });
+        let s = tonic::Status::from(JobError::Busy {
+            running: "j-42".into(),
+        });
         assert!(s.message().contains("j-42"));
     }
 }

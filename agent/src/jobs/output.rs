@@ -30,11 +30,21 @@ pub struct OutputLog {
 
 impl OutputLog {
     /// Opens the log for appending; `progress` is the job's watch channel.
-    pub async fn open(path: &Path, progress: watch::Sender<Progress>) -> std::io::Result<OutputLog> {
-        let file = tokio::fs::OpenOptions::new().append(true).open(path).await?;
+    pub async fn open(
+        path: &Path,
+        progress: watch::Sender<Progress>,
+    ) -> std::io::Result<OutputLog> {
+        let file = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .await?;
         let written = file.metadata().await?.len();
         progress.send_modify(|p| p.written = written);
-        Ok(OutputLog { file, written, progress })
+        Ok(OutputLog {
+            file,
+            written,
+            progress,
+        })
     }
 
     /// Appends bytes and tells watchers. An empty slice is a no-op.

@@ -50,8 +50,18 @@ pub struct JobCtx {
 }
 
 impl JobCtx {
-    pub fn new(log: OutputLog, stop: watch::Receiver<Option<StopReason>>, deadline: Instant, grace: Duration) -> Self {
-        JobCtx { log, stop, deadline, grace }
+    pub fn new(
+        log: OutputLog,
+        stop: watch::Receiver<Option<StopReason>>,
+        deadline: Instant,
+        grace: Duration,
+    ) -> Self {
+        JobCtx {
+            log,
+            stop,
+            deadline,
+            grace,
+        }
     }
 
     /// Resolves when the job must stop: asked to, or out of time.
@@ -91,7 +101,10 @@ pub struct Cmd {
 
 impl Cmd {
     pub fn new(program: impl Into<OsString>) -> Cmd {
-        Cmd { program: program.into(), ..Cmd::default() }
+        Cmd {
+            program: program.into(),
+            ..Cmd::default()
+        }
     }
 
     pub fn arg(mut self, a: impl Into<OsString>) -> Cmd {
@@ -152,7 +165,10 @@ pub enum RunError {
     #[error("interrupted")]
     Interrupted(Interrupt),
     #[error("cannot start {program}: {source}")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("cannot write the job's output log: {0}")]
     Log(std::io::Error),
 }
@@ -164,7 +180,9 @@ struct LineBuf {
 
 impl LineBuf {
     fn new() -> Self {
-        LineBuf { pending: Vec::new() }
+        LineBuf {
+            pending: Vec::new(),
+        }
     }
 
     /// Takes new bytes; returns what is ready to be written (whole lines, or a full buffer).
@@ -192,7 +210,11 @@ struct Stream<R> {
 
 impl<R: AsyncRead + Unpin> Stream<R> {
     fn new(pipe: Option<R>) -> Self {
-        Stream { pipe, buf: vec![0; 64 * 1024], lines: LineBuf::new() }
+        Stream {
+            pipe,
+            buf: vec![0; 64 * 1024],
+            lines: LineBuf::new(),
+        }
     }
 
     async fn read(&mut self) -> std::io::Result<usize> {
@@ -225,11 +247,18 @@ pub async fn run(ctx: &mut JobCtx, cmd: &Cmd) -> Result<Finished, RunError> {
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
     }
-    ctx.log.note(&format!("$ {}", cmd.display())).await.map_err(RunError::Log)?;
-    let mut child = command
-        .spawn()
-        .map_err(|source| RunError::Spawn { program: cmd.program.to_string_lossy().into_owned(), source })?;
-    let pgid = child.id().and_then(|id| i32::try_from(id).ok()).and_then(Pid::from_raw);
+    ctx.log
+        .note(&format!("$ {}", cmd.display()))
+        .await
+        .map_err(RunError::Log)?;
+    let mut child = command.spawn().map_err(|source| RunError::Spawn {
+        program: cmd.program.to_string_lossy().into_owned(),
+        source,
+    })?;
+    let pgid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .and_then(Pid::from_raw);
     let mut out = Stream::new(child.stdout.take());
     let mut err = Stream::new(child.stderr.take());
     let mut captured = Vec::new();
@@ -286,7 +315,10 @@ pub async fn run(ctx: &mut JobCtx, cmd: &Cmd) -> Result<Finished, RunError> {
             }
         }
     }
-    Ok(Finished { status: status.unwrap_or_else(|| ExitStatus::from_raw(0x7f00)), stdout: captured })
+    Ok(Finished {
+        status: status.unwrap_or_else(|| ExitStatus::from_raw(0x7f00)),
+        stdout: captured,
+    })
 }
 
 fn capture(into: &mut Vec<u8>, data: &[u8]) {
@@ -296,7 +328,12 @@ fn capture(into: &mut Vec<u8>, data: &[u8]) {
 
 /// SIGTERM to the group, SIGKILL after `grace` if the child has not exited, then SIGKILL
 /// to whatever is left of the group.
-async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>, exited: bool, grace: Duration) {
+async fn terminate(
+    child: &mut tokio::process::Child,
+    pgid: Option<Pid>,
+    exited: bool,
+    grace: Duration,
+) {
     let Some(pgid) = pgid else {
         let _ = child.start_kill();
         let _ = child.wait().await;
@@ -314,7 +351,11 @@ async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>, exited:
 }
 
 /// Collects what the stopped processes had still written, for a bounded time.
-async fn drain<R1, R2>(ctx: &mut JobCtx, out: &mut Stream<R1>, err: &mut Stream<R2>) -> Result<(), RunError>
+async fn drain<R1, R2>(
+    ctx: &mut JobCtx,
+    out: &mut Stream<R1>,
+    err: &mut Stream<R2>,
+) -> Result<(), RunError>
 where
     R1: AsyncRead + Unpin,
     R2: AsyncRead + Unpin,

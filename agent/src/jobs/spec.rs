@@ -70,8 +70,12 @@ pub fn result_json(result: Option<&JobResult>) -> Value {
             "skipped": c.skipped,
             "sample_paths": c.sample_paths,
         }),
-        Some(job_result::Kind::Service(s)) => json!({ "kind": "service", "unit": s.unit, "active_state": s.active_state }),
-        Some(job_result::Kind::Kill(k)) => json!({ "kind": "kill", "pid": k.pid, "name": k.name, "signal": k.signal }),
+        Some(job_result::Kind::Service(s)) => {
+            json!({ "kind": "service", "unit": s.unit, "active_state": s.active_state })
+        }
+        Some(job_result::Kind::Kill(k)) => {
+            json!({ "kind": "kill", "pid": k.pid, "name": k.name, "signal": k.signal })
+        }
         None => Value::Null,
     }
 }
@@ -102,7 +106,11 @@ pub fn state_name(state: i32) -> &'static str {
 pub fn is_finished(state: i32) -> bool {
     matches!(
         JobState::try_from(state),
-        Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::TimedOut | JobState::Interrupted)
+        Ok(JobState::Succeeded
+            | JobState::Failed
+            | JobState::Cancelled
+            | JobState::TimedOut
+            | JobState::Interrupted)
     )
 }
 

@@ -35,7 +35,11 @@ pub struct StoreError {
 }
 
 fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError { op, path: path.to_path_buf(), source }
+    move |source| StoreError {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A job record found on disk that could not be read.
@@ -68,7 +72,10 @@ impl Store {
     /// Creates a new job's directory and its empty output log, then writes its record.
     pub fn create(&self, job: &Job) -> Result<(), StoreError> {
         let dir = self.job_dir(&job.id);
-        fs::DirBuilder::new().mode(0o700).create(&dir).map_err(err("create the job directory", &dir))?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(err("create the job directory", &dir))?;
         let out = self.output_path(&job.id);
         OpenOptions::new()
             .create_new(true)
@@ -92,7 +99,8 @@ impl Store {
             .mode(0o600)
             .open(&tmp)
             .map_err(err("create", &tmp))?;
-        f.write_all(&job.encode_to_vec()).map_err(err("write", &tmp))?;
+        f.write_all(&job.encode_to_vec())
+            .map_err(err("write", &tmp))?;
         f.sync_all().map_err(err("fsync", &tmp))?;
         drop(f);
         fs::rename(&tmp, &dst).map_err(err("rename into place", &dst))?;
@@ -114,14 +122,22 @@ impl Store {
             let record = dir.join(RECORD_FILE);
             match fs::read(&record) {
                 Ok(bytes) => match Job::decode(bytes.as_slice()) {
-                    Ok(job) if Some(job.id.as_str()) == entry.file_name().to_str() => jobs.push(job),
+                    Ok(job) if Some(job.id.as_str()) == entry.file_name().to_str() => {
+                        jobs.push(job)
+                    }
                     Ok(job) => bad.push(Unreadable {
                         reason: format!("record names job {:?}, not its directory", job.id),
                         dir,
                     }),
-                    Err(e) => bad.push(Unreadable { reason: format!("corrupt record: {e}"), dir }),
+                    Err(e) => bad.push(Unreadable {
+                        reason: format!("corrupt record: {e}"),
+                        dir,
+                    }),
                 },
-                Err(e) => bad.push(Unreadable { reason: format!("cannot read {}: {e}", record.display()), dir }),
+                Err(e) => bad.push(Unreadable {
+                    reason: format!("cannot read {}: {e}", record.display()),
+                    dir,
+                }),
             }
         }
         Ok((jobs, bad))
@@ -129,7 +145,9 @@ impl Store {
 
     /// Length of a job's output log (0 when it is missing).
     pub fn output_len(&self, id: &str) -> u64 {
-        fs::metadata(self.output_path(id)).map(|m| m.len()).unwrap_or(0)
+        fs::metadata(self.output_path(id))
+            .map(|m| m.len())
+            .unwrap_or(0)
     }
 
     /// Deletes a job's directory.
@@ -140,7 +158,9 @@ impl Store {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(err("fsync directory", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err("fsync directory", dir))
 }
 
 #[cfg(test)]
@@ -153,7 +173,11 @@ mod tests {
     fn records_round_trip_and_replace_atomically() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path()).unwrap();
-        let mut job = Job { id: "j1".into(), state: JobState::Running as i32, ..Default::default() };
+        let mut job = Job {
+            id: "j1".into(),
+            state: JobState::Running as i32,
+            ..Default::default()
+        };
         store.create(&job).unwrap();
         job.state = JobState::Succeeded as i32;
         store.write(&job).unwrap();

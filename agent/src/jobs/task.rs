@@ -37,7 +37,11 @@ pub(super) async fn run_job(
             r = stop.wait_for(|s| s.is_some()) => Err(r.ok().and_then(|s| s.clone()).unwrap_or(StopReason::Shutdown)),
         };
         if let Err(reason) = waited {
-            let report = Report { outcome: Outcome::Interrupted(Interrupt::Stopped(reason)), exit_code: None, result: None };
+            let report = Report {
+                outcome: Outcome::Interrupted(Interrupt::Stopped(reason)),
+                exit_code: None,
+                result: None,
+            };
             finish(&sh, &id, report, 0).await;
             return;
         }
@@ -59,7 +63,13 @@ pub(super) async fn run_job(
     let log = match OutputLog::open(&sh.store.output_path(&id), progress).await {
         Ok(log) => log,
         Err(e) => {
-            finish(&sh, &id, Report::failed(format!("cannot open the job's output log: {e}")), 0).await;
+            finish(
+                &sh,
+                &id,
+                Report::failed(format!("cannot open the job's output log: {e}")),
+                0,
+            )
+            .await;
             return;
         }
     };
@@ -76,21 +86,25 @@ fn final_state(report: &Report, started: bool, timeout_seconds: u32) -> (JobStat
     match &report.outcome {
         Outcome::Succeeded => (JobState::Succeeded, String::new()),
         Outcome::Failed(e) => (JobState::Failed, e.clone()),
-        Outcome::Interrupted(Interrupt::TimedOut) => {
-            (JobState::TimedOut, format!("timed out after {timeout_seconds} s and was stopped"))
-        }
+        Outcome::Interrupted(Interrupt::TimedOut) => (
+            JobState::TimedOut,
+            format!("timed out after {timeout_seconds} s and was stopped"),
+        ),
         Outcome::Interrupted(Interrupt::Stopped(StopReason::Cancelled { by })) if started => {
             (JobState::Cancelled, format!("cancelled by {by}"))
         }
-        Outcome::Interrupted(Interrupt::Stopped(StopReason::Cancelled { by })) => {
-            (JobState::Cancelled, format!("cancelled by {by} before it started"))
-        }
-        Outcome::Interrupted(Interrupt::Stopped(StopReason::Shutdown)) if started => {
-            (JobState::Interrupted, "the agent shut down while this job was running; it was stopped".into())
-        }
-        Outcome::Interrupted(Interrupt::Stopped(StopReason::Shutdown)) => {
-            (JobState::Interrupted, "the agent shut down before this job started; it never ran".into())
-        }
+        Outcome::Interrupted(Interrupt::Stopped(StopReason::Cancelled { by })) => (
+            JobState::Cancelled,
+            format!("cancelled by {by} before it started"),
+        ),
+        Outcome::Interrupted(Interrupt::Stopped(StopReason::Shutdown)) if started => (
+            JobState::Interrupted,
+            "the agent shut down while this job was running; it was stopped".into(),
+        ),
+        Outcome::Interrupted(Interrupt::Stopped(StopReason::Shutdown)) => (
+            JobState::Interrupted,
+            "the agent shut down before this job started; it never ran".into(),
+        ),
     }
 }
 
@@ -101,7 +115,8 @@ async fn finish(sh: &Arc<Shared>, id: &str, report: Report, written: u64) {
         let Some(e) = inner.jobs.get_mut(id) else {
             return;
         };
-        let (state, error) = final_state(&report, e.job.started_unix_ms != 0, e.job.timeout_seconds);
+        let (state, error) =
+            final_state(&report, e.job.started_unix_ms != 0, e.job.timeout_seconds);
         e.job.state = state as i32;
         e.job.error = error;
         e.job.exit_code = report.exit_code;
@@ -154,15 +169,35 @@ mod tests {
 
     #[test]
     fn outcomes_map_to_states_with_reasons() {
-        let r = |o: Outcome| Report { outcome: o, exit_code: None, result: None };
-        let cancel = Outcome::Interrupted(Interrupt::Stopped(StopReason::Cancelled { by: "ops (operator)".into() }));
-        assert_eq!(final_state(&r(cancel.clone()), true, 5), (JobState::Cancelled, "cancelled by ops (operator)".into()));
-        assert!(final_state(&r(cancel), false, 5).1.ends_with("before it started"));
+        let r = |o: Outcome| Report {
+            outcome: o,
+            exit_code: None,
+            result: None,
+        };
+        let cancel = Outcome::Interrupted(Interrupt::Stopped(StopReason::Cancelled {
+            by: "ops (operator)".into(),
+        }));
+        assert_eq!(
+            final_state(&r(cancel.clone()), true, 5),
+            (JobState::Cancelled, "cancelled by ops (operator)".into())
+        );
+        assert!(final_state(&r(cancel), false, 5)
+            .1
+            .ends_with("before it started"));
         let (s, e) = final_state(&r(Outcome::Interrupted(Interrupt::TimedOut)), true, 5);
         assert_eq!(s, JobState::TimedOut);
         assert!(e.contains("5 s"));
-        let (s, _) = final_state(&r(Outcome::Interrupted(Interrupt::Stopped(StopReason::Shutdown))), true, 5);
+        let (s, _) = final_state(
+            &r(Outcome::Interrupted(Interrupt::Stopped(
+                StopReason::Shutdown,
+            ))),
+            true,
+            5,
+        );
         assert_eq!(s, JobState::Interrupted);
-        assert_eq!(final_state(&r(Outcome::Failed("x".into())), true, 5), (JobState::Failed, "x".into()));
+        assert_eq!(
+            final_state(&r(Outcome::Failed("x".into())), true, 5),
+            (JobState::Failed, "x".into())
+        );
     }
 }

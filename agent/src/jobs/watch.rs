@@ -22,7 +22,11 @@ use super::{WATCH_CHANNEL_CAPACITY, WATCH_CHUNK_BYTES};
 type Event = Result<JobEvent, Status>;
 
 /// Starts the producer task and returns the stream the RPC handler hands to tonic.
-pub(super) fn spawn(path: PathBuf, progress: watch::Receiver<Progress>, from: u64) -> ReceiverStream<Event> {
+pub(super) fn spawn(
+    path: PathBuf,
+    progress: watch::Receiver<Progress>,
+    from: u64,
+) -> ReceiverStream<Event> {
     let (tx, rx) = mpsc::channel(WATCH_CHANNEL_CAPACITY);
     tokio::spawn(async move {
         if let Err(status) = produce(&path, progress, from, &tx).await {
@@ -33,10 +37,18 @@ pub(super) fn spawn(path: PathBuf, progress: watch::Receiver<Progress>, from: u6
 }
 
 /// Ok when the stream ended normally or the watcher went away.
-async fn produce(path: &PathBuf, mut progress: watch::Receiver<Progress>, mut offset: u64, tx: &mpsc::Sender<Event>) -> Result<(), Status> {
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| Status::internal(format!("cannot open the job's output log {}: {e}", path.display())))?;
+async fn produce(
+    path: &PathBuf,
+    mut progress: watch::Receiver<Progress>,
+    mut offset: u64,
+    tx: &mpsc::Sender<Event>,
+) -> Result<(), Status> {
+    let mut file = tokio::fs::File::open(path).await.map_err(|e| {
+        Status::internal(format!(
+            "cannot open the job's output log {}: {e}",
+            path.display()
+        ))
+    })?;
     file.seek(SeekFrom::Start(offset))
         .await
         .map_err(|e| Status::internal(format!("cannot seek in the job's output log: {e}")))?;
@@ -46,14 +58,15 @@ async fn produce(path: &PathBuf, mut progress: watch::Receiver<Progress>, mut of
             (p.written, p.finished.clone())
         };
         while offset < written {
-            let want = usize::try_from(written - offset).unwrap_or(usize::MAX).min(WATCH_CHUNK_BYTES);
+            let want = usize::try_from(written - offset)
+                .unwrap_or(usize::MAX)
+                .min(WATCH_CHUNK_BYTES);
             let mut data = vec![0u8; want];
             let mut got = 0;
             while got < want {
-                let n = file
-                    .read(&mut data[got..])
-                    .await
-                    .map_err(|e| Status::internal(format!("cannot read the job's output log: {e}")))?;
+                let n = file.read(&mut data[got..]).await.map_err(|e| {
+                    Status::internal(format!("cannot read the job's output log: {e}"))
+                })?;
                 if n == 0 {
                     break;
                 }
@@ -65,14 +78,20 @@ async fn produce(path: &PathBuf, mut progress: watch::Receiver<Progress>, mut of
                 )));
             }
             data.truncate(got);
-            let event = JobEvent { event: Some(job_event::Event::Output(OutputChunk { offset, data })) };
+            let event = JobEvent {
+                event: Some(job_event::Event::Output(OutputChunk { offset, data })),
+            };
             if tx.send(Ok(event)).await.is_err() {
                 return Ok(());
             }
             offset += got as u64;
         }
         if let Some(job) = finished {
-            let _ = tx.send(Ok(JobEvent { event: Some(job_event::Event::Finished((*job).clone())) })).await;
+            let _ = tx
+                .send(Ok(JobEvent {
+                    event: Some(job_event::Event::Finished((*job).clone())),
+                }))
+                .await;
             return Ok(());
         }
         tokio::select! {

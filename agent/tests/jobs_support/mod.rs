@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::jobs::{ActionConfig, CleanupConfig, JobManager, JobSettings, JobsConfig, ServicesConfig};
+use agent::jobs::{
+    ActionConfig, CleanupConfig, JobManager, JobSettings, JobsConfig, ServicesConfig,
+};
 use ops_proto::identity::{PeerIdentity, Role};
 use ops_proto::v1::{job_event, job_spec, Job, JobSpec, RunAction, StartJobRequest};
 use tokio_stream::StreamExt;
@@ -26,7 +28,10 @@ impl TestEnv {
         let dir = tempfile::tempdir().unwrap();
         let settings = JobSettings {
             state_dir: dir.path().join("state"),
-            jobs: JobsConfig { kill_grace_seconds: 2, ..JobsConfig::default() },
+            jobs: JobsConfig {
+                kill_grace_seconds: 2,
+                ..JobsConfig::default()
+            },
             actions: Vec::new(),
             cleanup: CleanupConfig::default(),
             services: ServicesConfig::default(),
@@ -44,7 +49,10 @@ impl TestEnv {
     }
 
     pub async fn open(&self) -> Arc<JobManager> {
-        tokio::time::timeout(STEP, JobManager::open(self.settings.clone())).await.unwrap().unwrap()
+        tokio::time::timeout(STEP, JobManager::open(self.settings.clone()))
+            .await
+            .unwrap()
+            .unwrap()
     }
 
     pub fn audit_path(&self) -> PathBuf {
@@ -54,7 +62,9 @@ impl TestEnv {
     /// Every audit line, parsed.
     pub fn audit(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.audit_path()).unwrap_or_default();
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 }
 
@@ -75,23 +85,39 @@ pub fn sh(name: &str, script: &str) -> ActionConfig {
 }
 
 pub fn operator() -> PeerIdentity {
-    PeerIdentity { name: "ops-ci".into(), role: Some(Role::Operator), role_claim: "operator".into() }
+    PeerIdentity {
+        name: "ops-ci".into(),
+        role: Some(Role::Operator),
+        role_claim: "operator".into(),
+    }
 }
 
 pub fn viewer() -> PeerIdentity {
-    PeerIdentity { name: "dashboard".into(), role: Some(Role::Viewer), role_claim: "viewer".into() }
+    PeerIdentity {
+        name: "dashboard".into(),
+        role: Some(Role::Viewer),
+        role_claim: "viewer".into(),
+    }
 }
 
 pub fn run_action(name: &str) -> JobSpec {
-    JobSpec { kind: Some(job_spec::Kind::RunAction(RunAction { name: name.into() })) }
+    JobSpec {
+        kind: Some(job_spec::Kind::RunAction(RunAction { name: name.into() })),
+    }
 }
 
 pub fn req(spec: JobSpec) -> StartJobRequest {
-    StartJobRequest { spec: Some(spec), ..Default::default() }
+    StartJobRequest {
+        spec: Some(spec),
+        ..Default::default()
+    }
 }
 
 pub async fn start(mgr: &JobManager, spec: JobSpec) -> Job {
-    tokio::time::timeout(STEP, mgr.start(req(spec), &operator())).await.unwrap().unwrap()
+    tokio::time::timeout(STEP, mgr.start(req(spec), &operator()))
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// The gRPC code an engine error maps to.
@@ -117,8 +143,13 @@ pub async fn follow(mgr: &JobManager, id: &str, from: u64) -> (Vec<u8>, Job) {
         }
         panic!("the watch ended without a Finished event");
     };
-    let job = tokio::time::timeout(STEP, run).await.expect("job did not finish in time");
-    assert_eq!(job.output_bytes, expected, "the final record counts every byte");
+    let job = tokio::time::timeout(STEP, run)
+        .await
+        .expect("job did not finish in time");
+    assert_eq!(
+        job.output_bytes, expected,
+        "the final record counts every byte"
+    );
     (out, job)
 }
 
@@ -135,14 +166,21 @@ pub async fn wait_for_output(mgr: &JobManager, id: &str, needle: &str) -> String
                     let text = String::from_utf8_lossy(&out).into_owned();
                     // Complete lines of the job's own output, not the agent's notes.
                     let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-                    if complete.lines().any(|l| !l.starts_with("[agent]") && l.contains(needle)) {
+                    if complete
+                        .lines()
+                        .any(|l| !l.starts_with("[agent]") && l.contains(needle))
+                    {
                         return text;
                     }
                 }
-                job_event::Event::Finished(job) => panic!("job ended before printing {needle:?}: {job:?}"),
+                job_event::Event::Finished(job) => {
+                    panic!("job ended before printing {needle:?}: {job:?}")
+                }
             }
         }
         panic!("watch ended early");
     };
-    tokio::time::timeout(STEP, run).await.expect("output did not appear in time")
+    tokio::time::timeout(STEP, run)
+        .await
+        .expect("output did not appear in time")
 }

@@ -15,6 +15,11 @@ pub mod secrets;
 
 use std::time::Duration;
 
+use aws_config::environment::{EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider};
+use aws_config::meta::credentials::CredentialsProviderChain;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::credentials::ProfileFileCredentialsProvider;
+use aws_config::profile::region::ProfileFileRegionProvider;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -117,6 +122,23 @@ pub async fn sdk_config(cfg: &AwsConfig, retry: RetryPolicy) -> SdkConfig {
     }
     if let Some(region) = &cfg.region {
         loader = loader.region(Region::new(region.clone()));
+    }
+    if cfg.endpoint_url.as_deref().is_some_and(is_loopback_url) || env_endpoint_is_loopback() {
+        // A local emulator: credentials and region come from the environment or the
+        // profile files only, never from the container or instance metadata services,
+        // which are off this machine.
+        let mut creds = ProfileFileCredentialsProvider::builder();
+        let mut region = ProfileFileRegionProvider::builder();
+        if let Some(p) = &cfg.profile {
+            creds = creds.profile_name(p);
+            region = region.profile_name(p);
+        }
+        loader = loader.credentials_provider(
+            CredentialsProviderChain::first_try("Environment", EnvironmentVariableCredentialsProvider::new()).or_else("Profile", creds.build()),
+        );
+        if cfg.region.is_none() {
+            loader = loader.region(RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new()).or_else(region.build()));
+        }
     }
     if let Some(url) = &cfg.endpoint_url {
         loader = loader.endpoint_url(url);

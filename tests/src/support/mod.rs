@@ -2,8 +2,11 @@
 //! loopback only and cleans up after itself when dropped.
 
 pub mod agent;
+pub mod aws_seed;
 pub mod certs;
 pub mod mariadb;
+pub mod moto;
+pub mod web;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -34,7 +34,12 @@ pub fn lookup_account(passwd: &str, name: &str) -> Option<Account> {
         if f.len() < 7 || f[0] != name {
             return None;
         }
-        Some(Account { name: name.to_string(), uid: f[2].parse().ok()?, gid: f[3].parse().ok()?, home: f[5].to_string() })
+        Some(Account {
+            name: name.to_string(),
+            uid: f[2].parse().ok()?,
+            gid: f[3].parse().ok()?,
+            home: f[5].to_string(),
+        })
     })
 }
 
@@ -52,13 +57,21 @@ impl ActionPlan {
 }
 
 pub fn prepare(name: &str, actions: &[ActionConfig]) -> Result<ActionPlan, String> {
-    let action = actions.iter().find(|a| a.name == name).cloned().ok_or_else(|| {
-        let names: Vec<&str> = actions.iter().map(|a| a.name.as_str()).collect();
-        format!(
-            "unknown action {name:?}; this agent's actions are: {}",
-            if names.is_empty() { "none".to_string() } else { names.join(", ") }
-        )
-    })?;
+    let action = actions
+        .iter()
+        .find(|a| a.name == name)
+        .cloned()
+        .ok_or_else(|| {
+            let names: Vec<&str> = actions.iter().map(|a| a.name.as_str()).collect();
+            format!(
+                "unknown action {name:?}; this agent's actions are: {}",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            )
+        })?;
     let account = match &action.run_as {
         None => None,
         Some(user) => {
@@ -67,13 +80,19 @@ pub fn prepare(name: &str, actions: &[ActionConfig]) -> Result<ActionPlan, Strin
                     "action {name} runs as {user}, which needs the agent to run as root; it does not"
                 ));
             }
-            let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("cannot read /etc/passwd: {e}"))?;
-            Some(lookup_account(&passwd, user).ok_or_else(|| format!("action {name} runs as {user}, who has no local account here"))?)
+            let passwd = std::fs::read_to_string("/etc/passwd")
+                .map_err(|e| format!("cannot read /etc/passwd: {e}"))?;
+            Some(lookup_account(&passwd, user).ok_or_else(|| {
+                format!("action {name} runs as {user}, who has no local account here")
+            })?)
         }
     };
     if let Some(cwd) = &action.cwd {
         if !cwd.is_dir() {
-            return Err(format!("action {name}: its cwd {} is not a directory on this host", cwd.display()));
+            return Err(format!(
+                "action {name}: its cwd {} is not a directory on this host",
+                cwd.display()
+            ));
         }
     }
     Ok(ActionPlan { action, account })
@@ -121,9 +140,17 @@ pub async fn execute(plan: ActionPlan, ctx: &mut JobCtx) -> Result<Report, Repor
     let outcome = if f.success() {
         Outcome::Succeeded
     } else {
-        Outcome::Failed(format!("action {} failed: {}", plan.action.name, f.describe()))
+        Outcome::Failed(format!(
+            "action {} failed: {}",
+            plan.action.name,
+            f.describe()
+        ))
     };
-    Ok(Report { outcome, exit_code: f.status.code(), result: None::<job_result::Kind> })
+    Ok(Report {
+        outcome,
+        exit_code: f.status.code(),
+        result: None::<job_result::Kind>,
+    })
 }
 
 #[cfg(test)]
@@ -136,7 +163,10 @@ mod tests {
     #[test]
     fn accounts_are_found_by_exact_name() {
         let n = lookup_account(PASSWD, "nobody").unwrap();
-        assert_eq!((n.uid, n.gid, n.home.as_str()), (65534, 65534, "/nonexistent"));
+        assert_eq!(
+            (n.uid, n.gid, n.home.as_str()),
+            (65534, 65534, "/nonexistent")
+        );
         assert!(lookup_account(PASSWD, "nob").is_none());
     }
 
@@ -150,11 +180,21 @@ mod tests {
             timeout_seconds: None,
             run_as: Some("nobody".into()),
         };
-        let plan = ActionPlan { action, account: lookup_account(PASSWD, "nobody") };
+        let plan = ActionPlan {
+            action,
+            account: lookup_account(PASSWD, "nobody"),
+        };
         let cmd = command(&plan);
-        assert_eq!(cmd.display(), "setpriv --reuid=65534 --regid=65534 --init-groups -- id -u");
+        assert_eq!(
+            cmd.display(),
+            "setpriv --reuid=65534 --regid=65534 --init-groups -- id -u"
+        );
         assert!(cmd.env_clear);
-        let keys: Vec<_> = cmd.env.iter().map(|(k, _)| k.to_string_lossy().into_owned()).collect();
+        let keys: Vec<_> = cmd
+            .env
+            .iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(keys, ["EXTRA", "HOME", "LANG", "LOGNAME", "PATH", "USER"]);
     }
 }

@@ -52,16 +52,30 @@ pub fn prepare(spec: &Cleanup, cfg: &CleanupConfig) -> Result<CleanupPlan, Strin
         return Err("cleanup needs at least one rule (root, pattern, older_than, by)".into());
     }
     if cfg.allowed_roots.is_empty() {
-        return Err("cleanup is not enabled on this host: its [cleanup] allowed_roots is empty".into());
+        return Err(
+            "cleanup is not enabled on this host: its [cleanup] allowed_roots is empty".into(),
+        );
     }
-    let allowed: Vec<PathBuf> = cfg.allowed_roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).collect();
+    let allowed: Vec<PathBuf> = cfg
+        .allowed_roots
+        .iter()
+        .filter_map(|r| std::fs::canonicalize(r).ok())
+        .collect();
     let mut rules = Vec::new();
     for r in &spec.rules {
         let root = PathBuf::from(&r.root);
-        if !root.is_absolute() || root.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
-            return Err(format!("cleanup root {:?} must be an absolute path without '.' or '..'", r.root));
+        if !root.is_absolute()
+            || root
+                .components()
+                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return Err(format!(
+                "cleanup root {:?} must be an absolute path without '.' or '..'",
+                r.root
+            ));
         }
-        let real = std::fs::canonicalize(&root).map_err(|e| format!("cleanup root {} cannot be resolved: {e}", root.display()))?;
+        let real = std::fs::canonicalize(&root)
+            .map_err(|e| format!("cleanup root {} cannot be resolved: {e}", root.display()))?;
         if real != root {
             return Err(format!(
                 "cleanup root {} leads through a symbolic link to {}; name the real directory",
@@ -70,21 +84,38 @@ pub fn prepare(spec: &Cleanup, cfg: &CleanupConfig) -> Result<CleanupPlan, Strin
             ));
         }
         if !real.is_dir() {
-            return Err(format!("cleanup root {} is not a directory", root.display()));
+            return Err(format!(
+                "cleanup root {} is not a directory",
+                root.display()
+            ));
         }
         if !allowed.iter().any(|a| real.starts_with(a)) {
-            let list: Vec<String> = cfg.allowed_roots.iter().map(|p| p.display().to_string()).collect();
+            let list: Vec<String> = cfg
+                .allowed_roots
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
             return Err(format!(
                 "cleanup root {} is not under a root this agent allows ({})",
                 root.display(),
                 list.join(", ")
             ));
         }
-        let glob = Glob::new(&r.pattern).map_err(|m| format!("cleanup rule for {}: {m}", root.display()))?;
+        let glob = Glob::new(&r.pattern)
+            .map_err(|m| format!("cleanup rule for {}: {m}", root.display()))?;
         let by_atime = TimeField::try_from(r.by) == Ok(TimeField::Atime);
-        rules.push(Rule { root: real, pattern: r.pattern.clone(), glob, older_than_seconds: r.older_than_seconds, by_atime });
+        rules.push(Rule {
+            root: real,
+            pattern: r.pattern.clone(),
+            glob,
+            older_than_seconds: r.older_than_seconds,
+            by_atime,
+        });
     }
-    Ok(CleanupPlan { rules, dry_run: spec.dry_run })
+    Ok(CleanupPlan {
+        rules,
+        dry_run: spec.dry_run,
+    })
 }
 
 /// Counts across all rules.
@@ -148,11 +179,28 @@ pub async fn execute(plan: CleanupPlan, ctx: &mut JobCtx) -> Result<Report, Repo
             }
         }
     }
-    let stats = walker.await.map_err(|e| Report::failed(format!("the cleanup walk failed: {e}")))?;
-    let verb = if plan.dry_run { "would remove" } else { "removed" };
-    note(ctx, &format!("{verb} {} files, {} bytes; skipped {}", stats.files, stats.bytes, stats.skipped)).await?;
+    let stats = walker
+        .await
+        .map_err(|e| Report::failed(format!("the cleanup walk failed: {e}")))?;
+    let verb = if plan.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    note(
+        ctx,
+        &format!(
+            "{verb} {} files, {} bytes; skipped {}",
+            stats.files, stats.bytes, stats.skipped
+        ),
+    )
+    .await?;
     let report = match interrupted {
-        Some(i) => Report { outcome: Outcome::Interrupted(i), exit_code: None, result: None },
+        Some(i) => Report {
+            outcome: Outcome::Interrupted(i),
+            exit_code: None,
+            result: None,
+        },
         None => Report::succeeded(None, None),
     };
     Ok(report.with_result(stats.result()))
@@ -163,7 +211,14 @@ fn dir_flags() -> OFlags {
 }
 
 /// Walks one rule's root depth-first by file descriptors.
-fn walk(rule: &Rule, dry_run: bool, now: i64, abort: &AtomicBool, log: &mpsc::Sender<String>, stats: &mut Stats) {
+fn walk(
+    rule: &Rule,
+    dry_run: bool,
+    now: i64,
+    abort: &AtomicBool,
+    log: &mpsc::Sender<String>,
+    stats: &mut Stats,
+) {
     let say = |line: String| {
         let _ = log.blocking_send(line);
     };
@@ -226,7 +281,10 @@ fn walk(rule: &Rule, dry_run: bool, now: i64, abort: &AtomicBool, log: &mpsc::Se
                         say(format!("skipped {}: another filesystem", path.display()));
                     } else if depth + 1 > MAX_DEPTH {
                         stats.skipped += 1;
-                        say(format!("skipped {}: deeper than {MAX_DEPTH} levels", path.display()));
+                        say(format!(
+                            "skipped {}: deeper than {MAX_DEPTH} levels",
+                            path.display()
+                        ));
                     } else {
                         match openat(&fd, name, dir_flags(), Mode::empty()) {
                             // Checked again on the open descriptor: the entry may have changed.
@@ -246,13 +304,20 @@ fn walk(rule: &Rule, dry_run: bool, now: i64, abort: &AtomicBool, log: &mpsc::Se
                 }
                 FileType::Symlink => {
                     stats.skipped += 1;
-                    say(format!("skipped {}: symbolic link (never followed)", path.display()));
+                    say(format!(
+                        "skipped {}: symbolic link (never followed)",
+                        path.display()
+                    ));
                 }
                 FileType::RegularFile => {
                     if !rule.glob.matches(&String::from_utf8_lossy(bytes)) {
                         continue;
                     }
-                    let t = if rule.by_atime { st.st_atime as i64 } else { st.st_mtime as i64 };
+                    let t = if rule.by_atime {
+                        st.st_atime as i64
+                    } else {
+                        st.st_mtime as i64
+                    };
                     if !is_old_enough(now, t, rule.older_than_seconds) {
                         continue;
                     }
@@ -267,7 +332,10 @@ fn walk(rule: &Rule, dry_run: bool, now: i64, abort: &AtomicBool, log: &mpsc::Se
                     stats.files += 1;
                     stats.bytes += size;
                     let shown = path.display().to_string();
-                    say(format!("{} {shown} ({size} bytes)", if dry_run { "would remove" } else { "removed" }));
+                    say(format!(
+                        "{} {shown} ({size} bytes)",
+                        if dry_run { "would remove" } else { "removed" }
+                    ));
                     if stats.samples.len() < MAX_SAMPLES {
                         stats.samples.push(shown);
                     }
@@ -295,7 +363,10 @@ mod tests {
         assert!(is_old_enough(1000, 400, 600));
         assert!(!is_old_enough(1000, 401, 600));
         assert!(!is_old_enough(0, 0, u64::MAX));
-        assert!(!is_old_enough(1000, 2000, 0), "a file from the future is never old enough");
+        assert!(
+            !is_old_enough(1000, 2000, 0),
+            "a file from the future is never old enough"
+        );
     }
 
     #[test]
@@ -303,7 +374,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let allowed = tmp.path().join("allowed");
         std::fs::create_dir(&allowed).unwrap();
-        let cfg = CleanupConfig { allowed_roots: vec![allowed.clone()] };
+        let cfg = CleanupConfig {
+            allowed_roots: vec![allowed.clone()],
+        };
         let rule = |root: &Path| Cleanup {
             rules: vec![ops_proto::v1::CleanupRule {
                 root: root.display().to_string(),

@@ -13,7 +13,10 @@ enum Token {
     Literal(char),
     Any,
     Star,
-    Class { negated: bool, items: Vec<(char, char)> },
+    Class {
+        negated: bool,
+        items: Vec<(char, char)>,
+    },
 }
 
 impl Glob {
@@ -23,7 +26,9 @@ impl Glob {
             return Err("empty pattern (use '*' to match every name)".into());
         }
         if pattern.contains('/') {
-            return Err(format!("pattern {pattern:?} contains '/': patterns match file names, not paths"));
+            return Err(format!(
+                "pattern {pattern:?} contains '/': patterns match file names, not paths"
+            ));
         }
         let mut tokens = Vec::new();
         let mut chars = pattern.chars().peekable();
@@ -54,7 +59,11 @@ impl Glob {
                             break;
                         }
                         first = false;
-                        let lo = if c == '\\' { chars.next().unwrap_or('\\') } else { c };
+                        let lo = if c == '\\' {
+                            chars.next().unwrap_or('\\')
+                        } else {
+                            c
+                        };
                         if chars.peek() == Some(&'-') {
                             let mut ahead = chars.clone();
                             ahead.next();
@@ -63,7 +72,9 @@ impl Glob {
                                     chars.next();
                                     chars.next();
                                     if hi < lo {
-                                        return Err(format!("pattern {pattern:?} has a backwards range {lo}-{hi}"));
+                                        return Err(format!(
+                                            "pattern {pattern:?} has a backwards range {lo}-{hi}"
+                                        ));
                                     }
                                     items.push((lo, hi));
                                     continue;
@@ -121,7 +132,9 @@ impl Token {
             Token::Literal(l) => *l == c,
             Token::Any => true,
             Token::Star => false,
-            Token::Class { negated, items } => items.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negated,
+            Token::Class { negated, items } => {
+                items.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negated
+            }
         }
     }
 }

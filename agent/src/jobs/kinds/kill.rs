@@ -42,23 +42,38 @@ pub fn parse_signal(name: &str) -> Option<(&'static str, Signal)> {
 /// Whether the kernel's (possibly truncated) name is the expected one.
 pub fn name_matches(comm: &str, expected: &str) -> bool {
     comm == expected
-        || (expected.len() > COMM_MAX && comm.len() == COMM_MAX && expected.as_bytes().starts_with(comm.as_bytes()))
+        || (expected.len() > COMM_MAX
+            && comm.len() == COMM_MAX
+            && expected.as_bytes().starts_with(comm.as_bytes()))
 }
 
 fn read_comm(pid: i32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end_matches('\n').to_string())
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end_matches('\n').to_string())
 }
 
 /// Checks that may refuse a request: pid range, the agent itself, the name.
-pub fn check_target(pid: i32, expected_name: &str, own_pid: i32, comm: Option<String>) -> Result<String, String> {
+pub fn check_target(
+    pid: i32,
+    expected_name: &str,
+    own_pid: i32,
+    comm: Option<String>,
+) -> Result<String, String> {
     if pid <= 1 {
-        return Err(format!("refusing to signal pid {pid}: pid 1 (init) and lower are never signalled"));
+        return Err(format!(
+            "refusing to signal pid {pid}: pid 1 (init) and lower are never signalled"
+        ));
     }
     if pid == own_pid {
-        return Err(format!("refusing to signal pid {pid}: it is the agent itself"));
+        return Err(format!(
+            "refusing to signal pid {pid}: it is the agent itself"
+        ));
     }
     if expected_name.is_empty() {
-        return Err("expected_name is required: the process's name guards against a reused pid".into());
+        return Err(
+            "expected_name is required: the process's name guards against a reused pid".into(),
+        );
     }
     let comm = comm.ok_or_else(|| format!("no process with pid {pid} on this host"))?;
     if !name_matches(&comm, expected_name) {
@@ -71,24 +86,46 @@ pub fn check_target(pid: i32, expected_name: &str, own_pid: i32, comm: Option<St
 
 pub fn prepare(spec: &KillProcess) -> Result<KillPlan, String> {
     let (signal_name, signal) = parse_signal(&spec.signal).ok_or_else(|| {
-        format!("unknown signal {:?}: use TERM, KILL, HUP, INT, QUIT, USR1, USR2, STOP or CONT", spec.signal)
+        format!(
+            "unknown signal {:?}: use TERM, KILL, HUP, INT, QUIT, USR1, USR2, STOP or CONT",
+            spec.signal
+        )
     })?;
     let own = getpid().as_raw_nonzero().get();
     check_target(spec.pid, &spec.expected_name, own, read_comm(spec.pid))?;
-    Ok(KillPlan { pid: spec.pid, expected_name: spec.expected_name.clone(), signal_name, signal })
+    Ok(KillPlan {
+        pid: spec.pid,
+        expected_name: spec.expected_name.clone(),
+        signal_name,
+        signal,
+    })
 }
 
 pub async fn execute(plan: KillPlan, ctx: &mut JobCtx) -> Result<Report, Report> {
     let own = getpid().as_raw_nonzero().get();
     // Again: the job may have waited in the queue, and the pid may have changed hands.
-    let comm = check_target(plan.pid, &plan.expected_name, own, read_comm(plan.pid)).map_err(Report::failed)?;
-    let pid = Pid::from_raw(plan.pid).ok_or_else(|| Report::failed(format!("invalid pid {}", plan.pid)))?;
-    kill_process(pid, plan.signal)
-        .map_err(|e| Report::failed(format!("cannot send SIG{} to pid {} ({comm}): {e}", plan.signal_name, plan.pid)))?;
-    note(ctx, &format!("sent SIG{} to pid {} ({comm})", plan.signal_name, plan.pid)).await?;
+    let comm = check_target(plan.pid, &plan.expected_name, own, read_comm(plan.pid))
+        .map_err(Report::failed)?;
+    let pid = Pid::from_raw(plan.pid)
+        .ok_or_else(|| Report::failed(format!("invalid pid {}", plan.pid)))?;
+    kill_process(pid, plan.signal).map_err(|e| {
+        Report::failed(format!(
+            "cannot send SIG{} to pid {} ({comm}): {e}",
+            plan.signal_name, plan.pid
+        ))
+    })?;
+    note(
+        ctx,
+        &format!("sent SIG{} to pid {} ({comm})", plan.signal_name, plan.pid),
+    )
+    .await?;
     Ok(Report::succeeded(
         None,
-        Some(job_result::Kind::Kill(KillResult { pid: plan.pid, name: comm, signal: plan.signal_name.into() })),
+        Some(job_result::Kind::Kill(KillResult {
+            pid: plan.pid,
+            name: comm,
+            signal: plan.signal_name.into(),
+        })),
     ))
 }
 
@@ -100,12 +137,24 @@ mod tests {
     #[test]
     fn refusals_name_the_reason() {
         let comm = || Some("stress".to_string());
-        assert!(check_target(1, "init", 99, comm()).unwrap_err().contains("pid 1"));
-        assert!(check_target(-5, "x", 99, comm()).unwrap_err().contains("never signalled"));
-        assert!(check_target(99, "stress", 99, comm()).unwrap_err().contains("agent itself"));
-        assert!(check_target(42, "", 99, comm()).unwrap_err().contains("expected_name is required"));
-        assert!(check_target(42, "stress", 99, None).unwrap_err().contains("no process"));
-        assert!(check_target(42, "nginx", 99, comm()).unwrap_err().contains("reused"));
+        assert!(check_target(1, "init", 99, comm())
+            .unwrap_err()
+            .contains("pid 1"));
+        assert!(check_target(-5, "x", 99, comm())
+            .unwrap_err()
+            .contains("never signalled"));
+        assert!(check_target(99, "stress", 99, comm())
+            .unwrap_err()
+            .contains("agent itself"));
+        assert!(check_target(42, "", 99, comm())
+            .unwrap_err()
+            .contains("expected_name is required"));
+        assert!(check_target(42, "stress", 99, None)
+            .unwrap_err()
+            .contains("no process"));
+        assert!(check_target(42, "nginx", 99, comm())
+            .unwrap_err()
+            .contains("reused"));
         assert_eq!(check_target(42, "stress", 99, comm()).unwrap(), "stress");
     }
 

@@ -53,16 +53,28 @@ pub struct Report {
 
 impl Report {
     pub fn succeeded(exit_code: Option<i32>, result: Option<job_result::Kind>) -> Report {
-        Report { outcome: Outcome::Succeeded, exit_code, result }
+        Report {
+            outcome: Outcome::Succeeded,
+            exit_code,
+            result,
+        }
     }
 
     pub fn failed(error: impl Into<String>) -> Report {
-        Report { outcome: Outcome::Failed(error.into()), exit_code: None, result: None }
+        Report {
+            outcome: Outcome::Failed(error.into()),
+            exit_code: None,
+            result: None,
+        }
     }
 
     fn from_run_error(e: RunError) -> Report {
         match e {
-            RunError::Interrupted(i) => Report { outcome: Outcome::Interrupted(i), exit_code: None, result: None },
+            RunError::Interrupted(i) => Report {
+                outcome: Outcome::Interrupted(i),
+                exit_code: None,
+                result: None,
+            },
             other => Report::failed(other.to_string()),
         }
     }
@@ -117,7 +129,10 @@ async fn run(ctx: &mut JobCtx, cmd: &Cmd) -> Result<Finished, Report> {
 
 /// Writes an agent note to the log; a log that cannot be written fails the job.
 async fn note(ctx: &mut JobCtx, line: &str) -> Result<(), Report> {
-    ctx.log.note(line).await.map_err(|e| Report::failed(format!("cannot write the job's output log: {e}")))
+    ctx.log
+        .note(line)
+        .await
+        .map_err(|e| Report::failed(format!("cannot write the job's output log: {e}")))
 }
 
 /// Fails unless the command exited 0.
@@ -125,16 +140,25 @@ fn require_success(f: &Finished, what: &str) -> Result<(), Report> {
     if f.success() {
         return Ok(());
     }
-    Err(Report { outcome: Outcome::Failed(format!("{what} failed: {}", f.describe())), exit_code: f.status.code(), result: None })
+    Err(Report {
+        outcome: Outcome::Failed(format!("{what} failed: {}", f.describe())),
+        exit_code: f.status.code(),
+        result: None,
+    })
 }
 
 /// An executable file named `name` in the agent's PATH.
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/sbin:/usr/bin:/sbin:/bin"));
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| is_executable(p))
+    let path =
+        std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/sbin:/usr/bin:/sbin:/bin"));
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }

@@ -49,32 +49,56 @@ pub struct PatchPlan {
 
 /// The host's package manager: apt-get, else dnf, else yum (where yum is dnf's alias).
 pub fn detect() -> Option<(PackageManager, PathBuf)> {
-    [("apt-get", PackageManager::Apt), ("dnf", PackageManager::Dnf), ("yum", PackageManager::Yum)]
-        .into_iter()
-        .find_map(|(bin, pm)| find_in_path(bin).map(|p| (pm, p)))
+    [
+        ("apt-get", PackageManager::Apt),
+        ("dnf", PackageManager::Dnf),
+        ("yum", PackageManager::Yum),
+    ]
+    .into_iter()
+    .find_map(|(bin, pm)| find_in_path(bin).map(|p| (pm, p)))
 }
 
 pub fn prepare(spec: &Patch) -> Result<PatchPlan, String> {
     let mut excludes = Vec::new();
     for e in &spec.exclude {
-        if e.starts_with('-') || !e.chars().all(|c| c.is_ascii_alphanumeric() || "._+-:*?[]~^!".contains(c)) {
+        if e.starts_with('-')
+            || !e
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._+-:*?[]~^!".contains(c))
+        {
             return Err(format!("patch exclude {e:?} is not a package name or glob"));
         }
         excludes.push(Glob::new(e).map_err(|m| format!("patch exclude: {m}"))?);
     }
-    let (pm, program) =
-        detect().ok_or("no supported package manager (apt-get, dnf or yum) is installed on this host")?;
-    Ok(PatchPlan { pm, program, spec: spec.clone(), excludes })
+    let (pm, program) = detect()
+        .ok_or("no supported package manager (apt-get, dnf or yum) is installed on this host")?;
+    Ok(PatchPlan {
+        pm,
+        program,
+        spec: spec.clone(),
+        excludes,
+    })
 }
 
 pub async fn execute(plan: PatchPlan, ctx: &mut JobCtx) -> Result<Report, Report> {
-    note(ctx, &format!(
-        "patch with {} ({}){}{}",
-        plan.pm.name(),
-        plan.program.display(),
-        if plan.spec.security_only { ", security updates only" } else { "" },
-        if plan.spec.simulate { ", simulation: nothing will change" } else { "" },
-    ))
+    note(
+        ctx,
+        &format!(
+            "patch with {} ({}){}{}",
+            plan.pm.name(),
+            plan.program.display(),
+            if plan.spec.security_only {
+                ", security updates only"
+            } else {
+                ""
+            },
+            if plan.spec.simulate {
+                ", simulation: nothing will change"
+            } else {
+                ""
+            },
+        ),
+    )
     .await?;
     match plan.pm {
         PackageManager::Apt => apt(&plan, ctx).await,
@@ -94,7 +118,11 @@ fn pm_cmd(program: &Path) -> Cmd {
 }
 
 /// Keeps the updates the request asks for.
-pub fn select(plan: &[PlannedUpdate], security_only: bool, excludes: &[Glob]) -> Vec<PlannedUpdate> {
+pub fn select(
+    plan: &[PlannedUpdate],
+    security_only: bool,
+    excludes: &[Glob],
+) -> Vec<PlannedUpdate> {
     plan.iter()
         .filter(|u| !security_only || u.security)
         .filter(|u| !excludes.iter().any(|g| g.matches(&u.name)))
@@ -102,12 +130,20 @@ pub fn select(plan: &[PlannedUpdate], security_only: bool, excludes: &[Glob]) ->
         .collect()
 }
 
-fn result(pm: PackageManager, updates: &[PlannedUpdate], reboot_required: bool) -> job_result::Kind {
+fn result(
+    pm: PackageManager,
+    updates: &[PlannedUpdate],
+    reboot_required: bool,
+) -> job_result::Kind {
     job_result::Kind::Patch(PatchResult {
         package_manager: pm.name().into(),
         packages: updates
             .iter()
-            .map(|u| PackageChange { name: u.name.clone(), from_version: u.from.clone(), to_version: u.to.clone() })
+            .map(|u| PackageChange {
+                name: u.name.clone(),
+                from_version: u.from.clone(),
+                to_version: u.to.clone(),
+            })
             .collect(),
         reboot_required,
     })
@@ -123,9 +159,20 @@ async fn apt(plan: &PatchPlan, ctx: &mut JobCtx) -> Result<Report, Report> {
     require_success(&f, "apt-get -s upgrade")?;
     let all = patch_parse::parse_apt_simulation(&String::from_utf8_lossy(&f.stdout));
     let selected = select(&all, plan.spec.security_only, &plan.excludes);
-    note(ctx, &format!("{} of {} available upgrades selected", selected.len(), all.len())).await?;
+    note(
+        ctx,
+        &format!(
+            "{} of {} available upgrades selected",
+            selected.len(),
+            all.len()
+        ),
+    )
+    .await?;
     if plan.spec.simulate || selected.is_empty() {
-        return Ok(Report::succeeded(f.status.code(), Some(result(plan.pm, &selected, apt_reboot_required()))));
+        return Ok(Report::succeeded(
+            f.status.code(),
+            Some(result(plan.pm, &selected, apt_reboot_required())),
+        ));
     }
     let mut cmd = pm_cmd(p).args([
         "-y",
@@ -138,7 +185,8 @@ async fn apt(plan: &PatchPlan, ctx: &mut JobCtx) -> Result<Report, Report> {
     cmd = if selected.len() == all.len() {
         cmd.arg("upgrade")
     } else {
-        cmd.args(["install", "--only-upgrade"]).args(selected.iter().map(|u| u.name.clone()))
+        cmd.args(["install", "--only-upgrade"])
+            .args(selected.iter().map(|u| u.name.clone()))
     };
     let f = run(ctx, &cmd).await?;
     let r = result(plan.pm, &selected, apt_reboot_required());
@@ -160,14 +208,24 @@ async fn rpm_family(plan: &PatchPlan, ctx: &mut JobCtx) -> Result<Report, Report
     filters.extend(plan.spec.exclude.iter().map(|e| format!("--exclude={e}")));
 
     // check-update: exit 100 = updates available, 0 = none, anything else = error.
-    let f = run(ctx, &pm_cmd(p).arg("check-update").args(filters.clone()).capture()).await?;
+    let f = run(
+        ctx,
+        &pm_cmd(p)
+            .arg("check-update")
+            .args(filters.clone())
+            .capture(),
+    )
+    .await?;
     if !matches!(f.status.code(), Some(0 | 100)) {
         require_success(&f, &format!("{} check-update", plan.pm.name()))?;
     }
     let listing: Vec<_> = patch_parse::parse_check_update(&String::from_utf8_lossy(&f.stdout))
         .into_iter()
         .filter(|(name_arch, _, _)| {
-            let name = name_arch.rsplit_once('.').map(|(n, _)| n).unwrap_or(name_arch);
+            let name = name_arch
+                .rsplit_once('.')
+                .map(|(n, _)| n)
+                .unwrap_or(name_arch);
             !plan.excludes.iter().any(|g| g.matches(name))
         })
         .collect();
@@ -185,13 +243,21 @@ async fn rpm_family(plan: &PatchPlan, ctx: &mut JobCtx) -> Result<Report, Report
     note(ctx, &format!("{} updates selected", updates.len())).await?;
     if plan.spec.simulate || updates.is_empty() {
         let reboot = rpm_reboot_required(plan, ctx).await?;
-        return Ok(Report::succeeded(f.status.code(), Some(result(plan.pm, &updates, reboot))));
+        return Ok(Report::succeeded(
+            f.status.code(),
+            Some(result(plan.pm, &updates, reboot)),
+        ));
     }
-    let verb = if plan.pm == PackageManager::Yum { "update" } else { "upgrade" };
+    let verb = if plan.pm == PackageManager::Yum {
+        "update"
+    } else {
+        "upgrade"
+    };
     let f = run(ctx, &pm_cmd(p).arg("-y").arg(verb).args(filters)).await?;
     let reboot = rpm_reboot_required(plan, ctx).await?;
     let r = result(plan.pm, &updates, reboot);
-    require_success(&f, &format!("{} {verb}", plan.pm.name())).map_err(|rep| rep.with_result(r.clone()))?;
+    require_success(&f, &format!("{} {verb}", plan.pm.name()))
+        .map_err(|rep| rep.with_result(r.clone()))?;
     Ok(Report::succeeded(f.status.code(), Some(r)))
 }
 
@@ -201,12 +267,19 @@ async fn rpm_reboot_required(plan: &PatchPlan, ctx: &mut JobCtx) -> Result<bool,
         (Some(nr), _) => Cmd::new(nr).arg("-r"),
         (None, PackageManager::Dnf) => Cmd::new(&plan.program).args(["needs-restarting", "-r"]),
         (None, _) => {
-            note(ctx, "needs-restarting is not installed: cannot tell whether a reboot is required").await?;
+            note(
+                ctx,
+                "needs-restarting is not installed: cannot tell whether a reboot is required",
+            )
+            .await?;
             return Ok(false);
         }
     };
     let f = run(ctx, &cmd.env("LC_ALL", "C").capture()).await?;
-    Ok(patch_parse::reboot_required_from_needs_restarting(f.status.code(), &String::from_utf8_lossy(&f.stdout)))
+    Ok(patch_parse::reboot_required_from_needs_restarting(
+        f.status.code(),
+        &String::from_utf8_lossy(&f.stdout),
+    ))
 }
 
 #[cfg(test)]
@@ -215,7 +288,13 @@ mod tests {
     use super::*;
 
     fn up(name: &str, security: bool) -> PlannedUpdate {
-        PlannedUpdate { name: name.into(), from: "1".into(), to: "2".into(), origin: String::new(), security }
+        PlannedUpdate {
+            name: name.into(),
+            from: "1".into(),
+            to: "2".into(),
+            origin: String::new(),
+            security,
+        }
     }
 
     #[test]
@@ -223,13 +302,22 @@ mod tests {
         let plan = [up("openssl", true), up("kernel", true), up("tzdata", false)];
         let names = |v: Vec<PlannedUpdate>| v.into_iter().map(|u| u.name).collect::<Vec<_>>();
         assert_eq!(names(select(&plan, true, &[])), ["openssl", "kernel"]);
-        assert_eq!(names(select(&plan, false, &[Glob::new("kern*").unwrap()])), ["openssl", "tzdata"]);
-        assert_eq!(names(select(&plan, true, &[Glob::new("openssl").unwrap()])), ["kernel"]);
+        assert_eq!(
+            names(select(&plan, false, &[Glob::new("kern*").unwrap()])),
+            ["openssl", "tzdata"]
+        );
+        assert_eq!(
+            names(select(&plan, true, &[Glob::new("openssl").unwrap()])),
+            ["kernel"]
+        );
     }
 
     #[test]
     fn excludes_that_look_like_options_are_refused() {
-        let bad = Patch { exclude: vec!["--all".into()], ..Default::default() };
+        let bad = Patch {
+            exclude: vec!["--all".into()],
+            ..Default::default()
+        };
         assert!(prepare(&bad).unwrap_err().contains("not a package name"));
     }
 }

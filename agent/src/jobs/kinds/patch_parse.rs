@@ -20,7 +20,10 @@ pub struct PlannedUpdate {
 /// The `Inst` lines of `apt-get -s upgrade`:
 /// `Inst NAME [FROM] (TO ORIGIN[, ORIGIN...] [ARCH]) [...]`.
 pub fn parse_apt_simulation(text: &str) -> Vec<PlannedUpdate> {
-    text.lines().filter_map(|l| l.strip_prefix("Inst ")).filter_map(parse_apt_inst).collect()
+    text.lines()
+        .filter_map(|l| l.strip_prefix("Inst "))
+        .filter_map(parse_apt_inst)
+        .collect()
 }
 
 fn parse_apt_inst(rest: &str) -> Option<PlannedUpdate> {
@@ -58,7 +61,8 @@ fn is_security_origin(origin: &str) -> bool {
 
 /// Architectures that end a `name.arch` token in dnf/yum listings.
 const RPM_ARCHES: &[&str] = &[
-    "x86_64", "noarch", "i686", "i586", "i386", "aarch64", "ppc64le", "ppc64", "s390x", "armv7hl", "src",
+    "x86_64", "noarch", "i686", "i586", "i386", "aarch64", "ppc64le", "ppc64", "s390x", "armv7hl",
+    "src",
 ];
 
 fn split_name_arch(token: &str) -> Option<(&str, &str)> {
@@ -81,8 +85,12 @@ pub fn parse_check_update(text: &str) -> Vec<(String, String, String)> {
             (Some(name), [version, repo]) if looks_like_version(version) => {
                 out.push((name.to_string(), version.to_string(), repo.to_string()));
             }
-            (_, [name]) if split_name_arch(name).is_some() && !line.starts_with(' ') => pending = Some(name),
-            (_, [name, version, repo]) if split_name_arch(name).is_some() && looks_like_version(version) => {
+            (_, [name]) if split_name_arch(name).is_some() && !line.starts_with(' ') => {
+                pending = Some(name)
+            }
+            (_, [name, version, repo])
+                if split_name_arch(name).is_some() && looks_like_version(version) =>
+            {
                 out.push((name.to_string(), version.to_string(), repo.to_string()));
             }
             _ => {}
@@ -107,11 +115,17 @@ pub fn parse_rpm_query(text: &str) -> BTreeMap<String, String> {
 }
 
 /// Joins a check-update listing with installed versions into updates named without arch.
-pub fn rpm_updates(listing: &[(String, String, String)], installed: &BTreeMap<String, String>) -> Vec<PlannedUpdate> {
+pub fn rpm_updates(
+    listing: &[(String, String, String)],
+    installed: &BTreeMap<String, String>,
+) -> Vec<PlannedUpdate> {
     listing
         .iter()
         .map(|(name_arch, to, repo)| PlannedUpdate {
-            name: split_name_arch(name_arch).map(|(n, _)| n).unwrap_or(name_arch).to_string(),
+            name: split_name_arch(name_arch)
+                .map(|(n, _)| n)
+                .unwrap_or(name_arch)
+                .to_string(),
             from: installed.get(name_arch).cloned().unwrap_or_default(),
             to: to.clone(),
             origin: repo.clone(),
@@ -141,23 +155,36 @@ mod tests {
         let plan = parse_apt_simulation(&fixture("apt-get-s-upgrade.debian12.txt"));
         assert_eq!(plan.len(), 125, "the capture says 125 upgraded");
         let bash = plan.iter().find(|p| p.name == "bash").unwrap();
-        assert_eq!((bash.from.as_str(), bash.to.as_str()), ("5.2.15-2+b8", "5.2.15-2+b13"));
+        assert_eq!(
+            (bash.from.as_str(), bash.to.as_str()),
+            ("5.2.15-2+b8", "5.2.15-2+b13")
+        );
         assert_eq!(bash.origin, "Debian:12.15/oldstable");
         assert!(!bash.security);
         let lzma = plan.iter().find(|p| p.name == "liblzma-dev").unwrap();
         assert!(lzma.security, "{lzma:?}");
         assert_eq!(lzma.to, "5.4.1-1+deb12u2");
         let both = plan.iter().find(|p| p.name == "libgcrypt20").unwrap();
-        assert!(both.security, "security when any origin is the security archive");
+        assert!(
+            both.security,
+            "security when any origin is the security archive"
+        );
         assert_eq!(plan.iter().filter(|p| p.security).count(), 78);
     }
 
     #[test]
     fn apt_simulation_of_ubuntu_security_only() {
         let plan = parse_apt_simulation(&fixture("apt-get-s-upgrade.ubuntu2204.txt"));
-        let names: Vec<_> = plan.iter().filter(|p| p.security).map(|p| p.name.as_str()).collect();
+        let names: Vec<_> = plan
+            .iter()
+            .filter(|p| p.security)
+            .map(|p| p.name.as_str())
+            .collect();
         assert_eq!(names, ["libc6", "libc-bin", "openssl", "libssl3"]);
-        let new = plan.iter().find(|p| p.name == "linux-image-5.15.0-91-generic").unwrap();
+        let new = plan
+            .iter()
+            .find(|p| p.name == "linux-image-5.15.0-91-generic")
+            .unwrap();
         assert_eq!(new.from, "", "a new install has no from version");
         assert_eq!(plan.len(), 6);
     }
@@ -166,7 +193,16 @@ mod tests {
     fn dnf_check_update_with_epochs_and_obsoletes() {
         let listing = parse_check_update(&fixture("dnf-check-update.el9.txt"));
         let names: Vec<_> = listing.iter().map(|l| l.0.as_str()).collect();
-        assert_eq!(names, ["bash.x86_64", "kernel.x86_64", "kernel-core.x86_64", "openssl-libs.x86_64", "tzdata.noarch"]);
+        assert_eq!(
+            names,
+            [
+                "bash.x86_64",
+                "kernel.x86_64",
+                "kernel-core.x86_64",
+                "openssl-libs.x86_64",
+                "tzdata.noarch"
+            ]
+        );
         assert_eq!(listing[3].1, "1:3.0.7-25.el9_3");
         assert_eq!(listing[3].2, "baseos");
     }
@@ -182,7 +218,10 @@ mod tests {
     fn yum_check_update_with_wrapped_names() {
         let listing = parse_check_update(&fixture("yum-check-update.el7.txt"));
         assert_eq!(listing.len(), 4);
-        let jdk = listing.iter().find(|l| l.0 == "java-1.8.0-openjdk-headless.x86_64").unwrap();
+        let jdk = listing
+            .iter()
+            .find(|l| l.0 == "java-1.8.0-openjdk-headless.x86_64")
+            .unwrap();
         assert_eq!(jdk.1, "1:1.8.0.412.b08-1.el7_9");
         assert_eq!(jdk.2, "updates");
     }
@@ -190,11 +229,17 @@ mod tests {
     #[test]
     fn rpm_query_joins_into_updates() {
         let installed = parse_rpm_query(&fixture("rpm-q.el9.txt"));
-        assert_eq!(installed.get("kernel.x86_64").map(String::as_str), Some("5.14.0-362.8.1.el9_3"));
+        assert_eq!(
+            installed.get("kernel.x86_64").map(String::as_str),
+            Some("5.14.0-362.8.1.el9_3")
+        );
         let listing = parse_check_update(&fixture("dnf-check-update.el9.txt"));
         let ups = rpm_updates(&listing, &installed);
         let bash = ups.iter().find(|u| u.name == "bash").unwrap();
-        assert_eq!((bash.from.as_str(), bash.to.as_str()), ("5.1.8-6.el9_1", "5.1.8-9.el9"));
+        assert_eq!(
+            (bash.from.as_str(), bash.to.as_str()),
+            ("5.1.8-6.el9_1", "5.1.8-9.el9")
+        );
         let ssl = ups.iter().find(|u| u.name == "openssl-libs").unwrap();
         assert_eq!(ssl.from, "1:3.0.7-24.el9");
     }
@@ -204,6 +249,9 @@ mod tests {
         let yes = fixture("needs-restarting-r.reboot.txt");
         assert!(reboot_required_from_needs_restarting(Some(1), &yes));
         assert!(!reboot_required_from_needs_restarting(Some(0), &yes));
-        assert!(!reboot_required_from_needs_restarting(Some(1), "No such command: needs-restarting."));
+        assert!(!reboot_required_from_needs_restarting(
+            Some(1),
+            "No such command: needs-restarting."
+        ));
     }
 }

@@ -1,0 +1,214 @@
+//! Seeding a test's moto through the AWS SDK: tagged instances, a database, a stack,
+//! log events, alarms, metrics, snapshots, security groups and users, each the way the
+//! TechHealth stack would have them. Test code: panics on failure with the call named.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, MetricDatum, StateValue, Statistic};
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, InstanceType, IpPermission, IpRange, ResourceType, Tag, TagSpecification};
+use chrono::{DateTime, Utc};
+use controller::aws::AwsClients;
+
+/// Most events one PutLogEvents call takes.
+const LOG_BATCH: usize = 5_000;
+
+fn tag_spec(kind: ResourceType, tags: &[(&str, &str)]) -> TagSpecification {
+    let mut b = TagSpecification::builder().resource_type(kind);
+    for (k, v) in tags {
+        b = b.tags(Tag::builder().key(*k).value(*v).build());
+    }
+    b.build()
+}
+
+/// Starts one running instance with these tags and an (un)encrypted root volume;
+/// returns its id.
+pub async fn instance(aws: &AwsClients, tags: &[(&str, &str)], encrypted_root: bool) -> String {
+    let out = aws
+        .ec2
+        .run_instances()
+        .image_id("ami-12345678")
+        .instance_type(InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name("/dev/xvda")
+                .ebs(EbsBlockDevice::builder().volume_size(8).encrypted(encrypted_root).build())
+                .build(),
+        )
+        .tag_specifications(tag_spec(ResourceType::Instance, tags))
+        .send()
+        .await
+        .expect("RunInstances");
+    out.instances()[0].instance_id().expect("instance id").to_string()
+}
+
+/// Stops an instance.
+pub async fn stop(aws: &AwsClients, id: &str) {
+    aws.ec2.stop_instances().instance_ids(id).send().await.expect("StopInstances");
+}
+
+/// A MySQL instance (moto also takes its first automated snapshot).
+pub async fn database(aws: &AwsClients, id: &str, retention_days: i32, encrypted: bool, public: bool) {
+    aws.rds
+        .create_db_instance()
+        .db_instance_identifier(id)
+        .db_instance_class("db.t3.micro")
+        .engine("mysql")
+        .master_username("admin")
+        .master_user_password("not-a-secret-1")
+        .allocated_storage(20)
+        .backup_retention_period(retention_days)
+        .preferred_backup_window("03:00-04:00")
+        .storage_encrypted(encrypted)
+        .publicly_accessible(public)
+        .send()
+        .await
+        .expect("CreateDBInstance");
+}
+
+/// A stack with one harmless resource (CREATE_COMPLETE).
+pub async fn stack(aws: &AwsClients, name: &str) {
+    aws.cloudformation
+        .create_stack()
+        .stack_name(name)
+        .template_body(r#"{"Resources":{"Topic":{"Type":"AWS::SNS::Topic"}}}"#)
+        .send()
+        .await
+        .expect("CreateStack");
+}
+
+/// Creates the log group if needed, then writes `events` (time, message) to `stream`.
+pub async fn log_events(aws: &AwsClients, group: &str, stream: &str, events: &[(DateTime<Utc>, String)]) {
+    let _ = aws.logs.create_log_group().log_group_name(group).send().await;
+    let _ = aws.logs.create_log_stream().log_group_name(group).log_stream_name(stream).send().await;
+    let mut sorted: Vec<&(DateTime<Utc>, String)> = events.iter().collect();
+    sorted.sort_by_key(|(t, _)| *t);
+    for chunk in sorted.chunks(LOG_BATCH) {
+        let batch: Vec<InputLogEvent> = chunk
+            .iter()
+            .map(|(t, m)| InputLogEvent::builder().timestamp(t.timestamp_millis()).message(m.clone()).build().expect("event"))
+            .collect();
+        aws.logs
+            .put_log_events()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .set_log_events(Some(batch))
+            .send()
+            .await
+            .expect("PutLogEvents");
+    }
+}
+
+/// An empty log group.
+pub async fn log_group(aws: &AwsClients, group: &str) {
+    aws.logs.create_log_group().log_group_name(group).send().await.expect("CreateLogGroup");
+}
+
+/// A metric alarm, forced into ALARM.
+pub async fn alarm_in_alarm(aws: &AwsClients, name: &str, reason: &str) {
+    aws.cloudwatch
+        .put_metric_alarm()
+        .alarm_name(name)
+        .namespace("AWS/EC2")
+        .metric_name("CPUUtilization")
+        .statistic(Statistic::Average)
+        .period(300)
+        .evaluation_periods(2)
+        .threshold(80.0)
+        .comparison_operator(ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .expect("PutMetricAlarm");
+    aws.cloudwatch
+        .set_alarm_state()
+        .alarm_name(name)
+        .state_value(StateValue::Alarm)
+        .state_reason(reason)
+        .send()
+        .await
+        .expect("SetAlarmState");
+}
+
+/// Datapoints (time, value) of one metric.
+pub async fn metric(aws: &AwsClients, namespace: &str, name: &str, dims: &BTreeMap<&str, &str>, points: &[(DateTime<Utc>, f64)]) {
+    let data: Vec<MetricDatum> = points
+        .iter()
+        .map(|(t, v)| {
+            let mut b = MetricDatum::builder().metric_name(name).value(*v).timestamp(controller::aws::from_utc(*t));
+            for (k, val) in dims {
+                b = b.dimensions(Dimension::builder().name(*k).value(*val).build());
+            }
+            b.build()
+        })
+        .collect();
+    aws.cloudwatch.put_metric_data().namespace(namespace).set_metric_data(Some(data)).send().await.expect("PutMetricData");
+}
+
+/// A volume and a snapshot of it carrying `tags`; returns the snapshot id.
+pub async fn ebs_snapshot(aws: &AwsClients, tags: &[(&str, &str)], encrypted: bool) -> String {
+    let vol = aws
+        .ec2
+        .create_volume()
+        .availability_zone("us-east-1a")
+        .size(8)
+        .encrypted(encrypted)
+        .send()
+        .await
+        .expect("CreateVolume");
+    let snap = aws
+        .ec2
+        .create_snapshot()
+        .volume_id(vol.volume_id().expect("volume id"))
+        .description("test")
+        .tag_specifications(tag_spec(ResourceType::Snapshot, tags))
+        .send()
+        .await
+        .expect("CreateSnapshot");
+    snap.snapshot_id().expect("snapshot id").to_string()
+}
+
+/// A security group admitting `cidr` on TCP `port`.
+pub async fn open_group(aws: &AwsClients, name: &str, port: i32, cidr: &str) -> String {
+    let g = aws.ec2.create_security_group().group_name(name).description(name).send().await.expect("CreateSecurityGroup");
+    let id = g.group_id().expect("group id").to_string();
+    aws.ec2
+        .authorize_security_group_ingress()
+        .group_id(&id)
+        .ip_permissions(
+            IpPermission::builder()
+                .ip_protocol("tcp")
+                .from_port(port)
+                .to_port(port)
+                .ip_ranges(IpRange::builder().cidr_ip(cidr).build())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("AuthorizeSecurityGroupIngress");
+    id
+}
+
+/// An IAM user (moto never records a password use for it).
+pub async fn user(aws: &AwsClients, name: &str) {
+    aws.iam.create_user().user_name(name).send().await.expect("CreateUser");
+}
+
+/// A CloudTrail record as CloudTrail writes it to CloudWatch Logs.
+pub fn trail_record(event: &str, error_code: Option<&str>, user: &str) -> String {
+    let mut v = serde_json::json!({
+        "eventVersion": "1.08",
+        "eventTime": Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "eventSource": "ec2.amazonaws.com",
+        "eventName": event,
+        "awsRegion": "us-east-1",
+        "sourceIPAddress": "198.51.100.7",
+        "userIdentity": {"type": "IAMUser", "arn": format!("arn:aws:iam::123456789012:user/{user}"), "userName": user},
+    });
+    if let Some(code) = error_code {
+        v["errorCode"] = serde_json::Value::from(code);
+        v["errorMessage"] = serde_json::Value::from("You are not authorized to perform this operation.");
+    }
+    v.to_string()
+}
