@@ -10,6 +10,8 @@ use serde::Deserialize;
 
 use ops_proto::tls::TlsPaths;
 
+use crate::jobs::{ActionConfig, CleanupConfig, JobSettings, JobsConfig, ServicesConfig};
+
 /// The whole agent configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +23,25 @@ pub struct AgentConfig {
     pub auth_log: AuthLogConfig,
     #[serde(default)]
     pub metadata: MetadataConfig,
+    /// Jobs (records and complete output logs) and, by default, the audit log live here.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// `[jobs]`: timeouts, retention, logrotate, audit log, concurrency.
+    #[serde(default)]
+    pub jobs: JobsConfig,
+    /// `[[actions]]`: the named commands operators may run.
+    #[serde(default)]
+    pub actions: Vec<ActionConfig>,
+    /// `[cleanup]`: roots cleanup jobs may touch.
+    #[serde(default)]
+    pub cleanup: CleanupConfig,
+    /// `[services]`: units RestartService may restart.
+    #[serde(default)]
+    pub services: ServicesConfig,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/ops-agent")
 }
 
 /// `[tls]`: the fleet CA that client certificates must chain to, and this agent's
@@ -121,6 +142,18 @@ impl AgentConfig {
         fix(&mut self.tls.ca);
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
+        fix(&mut self.state_dir);
+    }
+
+    /// The job engine's part of the configuration.
+    pub fn job_settings(&self) -> JobSettings {
+        JobSettings {
+            state_dir: self.state_dir.clone(),
+            jobs: self.jobs.clone(),
+            actions: self.actions.clone(),
+            cleanup: self.cleanup.clone(),
+            services: self.services.clone(),
+        }
     }
 
     /// The address to bind.
@@ -155,6 +188,7 @@ impl AgentConfig {
         if !self.metadata.url.starts_with("http://") {
             return Err(format!("metadata.url = {:?} must be a plain http:// URL", self.metadata.url));
         }
+        self.job_settings().validate()?;
         if self.metadata.timeout_ms == 0 || self.metadata.timeout_ms > 10_000 {
             return Err("metadata.timeout_ms must be between 1 and 10000".into());
         }

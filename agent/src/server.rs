@@ -68,6 +68,7 @@ pub struct RunningAgent {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServeError>>,
     health: tonic_health::server::HealthReporter,
+    jobs: Arc<crate::jobs::JobManager>,
 }
 
 impl RunningAgent {
@@ -84,6 +85,8 @@ impl RunningAgent {
     pub async fn shutdown(self) -> Result<(), ServeError> {
         self.health.set_not_serving::<AgentServer<AgentService>>().await;
         let _ = self.shutdown.send(true);
+        // Running jobs are stopped and recorded as interrupted, never silently lost.
+        self.jobs.shutdown().await;
         self.join().await
     }
 
@@ -162,6 +165,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, ServeError> {
     let service = AgentService::new(&cfg, stats.clone(), shutdown_rx.clone())
         .await
         .map_err(ServeError::Service)?;
+    let jobs = service.jobs();
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServer<AgentService>>().await;
 
@@ -190,7 +194,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, ServeError> {
         }
     });
     tracing::info!("agent listening on {addr}");
-    Ok(RunningAgent { addr, stats, shutdown: shutdown_tx, task, health })
+    Ok(RunningAgent { addr, stats, shutdown: shutdown_tx, task, health, jobs })
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {

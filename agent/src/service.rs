@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::authlog::AuthLog;
 use crate::collect::{self, RawSample};
 use crate::config::AgentConfig;
+use crate::jobs::JobManager;
 use crate::server::Stats;
 
 /// Snapshots buffered per stream; when the caller reads slower, samples are dropped and counted.
@@ -49,6 +50,7 @@ struct Inner {
     instance: Arc<Mutex<Result<String, String>>>,
     stats: Arc<Stats>,
     shutdown: watch::Receiver<bool>,
+    jobs: Arc<JobManager>,
 }
 
 impl AgentService {
@@ -71,6 +73,7 @@ impl AgentService {
             *g = Err("instance metadata lookup disabled in the agent's config".into());
         }
         let auth = AuthLog::new(cfg.auth_log.paths.clone(), cfg.auth_log.max_events);
+        let jobs = JobManager::open(cfg.job_settings()).await.map_err(|e| format!("job engine: {e}"))?;
         Ok(AgentService {
             inner: Arc::new(Inner {
                 auth: Arc::new(Mutex::new(auth)),
@@ -78,8 +81,14 @@ impl AgentService {
                 instance,
                 stats,
                 shutdown,
+                jobs,
             }),
         })
+    }
+
+    /// The job engine, for shutdown.
+    pub fn jobs(&self) -> Arc<JobManager> {
+        self.inner.jobs.clone()
     }
 
     /// A snapshot measured against a recent baseline when there is one, else over a
@@ -238,30 +247,33 @@ impl Agent for AgentService {
     }
 
     async fn start_job(&self, req: Request<StartJobRequest>) -> Result<Response<Job>, Status> {
-        authorize(&req, Role::Operator, "start jobs")?;
-        Err(Status::unimplemented("jobs are not available in this agent build"))
+        // The job engine checks the role itself so that a refusal is audited too.
+        let who = caller(&req)?;
+        Ok(Response::new(self.inner.jobs.start(req.into_inner(), &who).await?))
     }
 
     async fn get_job(&self, req: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
         authorize(&req, Role::Viewer, "read jobs")?;
-        Err(Status::unimplemented("jobs are not available in this agent build"))
+        Ok(Response::new(self.inner.jobs.get(&req.into_inner().job_id).await?))
     }
 
     async fn list_jobs(&self, req: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
         authorize(&req, Role::Viewer, "list jobs")?;
-        Err(Status::unimplemented("jobs are not available in this agent build"))
+        let limit = req.into_inner().limit as usize;
+        Ok(Response::new(ListJobsResponse { jobs: self.inner.jobs.list(limit).await }))
     }
 
     type WatchJobStream = ReceiverStream<Result<JobEvent, Status>>;
 
     async fn watch_job(&self, req: Request<WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         authorize(&req, Role::Viewer, "watch jobs")?;
-        Err(Status::unimplemented("jobs are not available in this agent build"))
+        let r = req.into_inner();
+        Ok(Response::new(self.inner.jobs.watch(&r.job_id, r.from_offset)?))
     }
 
     async fn cancel_job(&self, req: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
-        authorize(&req, Role::Operator, "cancel jobs")?;
-        Err(Status::unimplemented("jobs are not available in this agent build"))
+        let who = caller(&req)?;
+        Ok(Response::new(self.inner.jobs.cancel(&req.into_inner().job_id, &who).await?))
     }
 }
 

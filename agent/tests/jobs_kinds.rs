@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use jobs_support::*;
 use ops_proto::v1::{
     job_result, job_spec, Cleanup, CleanupRule, Job, JobSpec, JobState, KillProcess, Patch,
-    RestartService, RotateLogs, TimeField,
+    RestartService, RotateLogs, StartJobRequest, TimeField,
 };
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -34,60 +34,63 @@ async fn run_to_end(mgr: &agent::jobs::JobManager, s: JobSpec) -> (String, Job) 
 
 #[tokio::test]
 async fn patch_simulation_with_the_real_package_manager_changes_nothing() {
-    let Some((pm, _)) = agent::jobs::kinds::patch::detect() else {
-        eprintln!("SKIPPED: no apt-get, dnf or yum on this machine");
-        return;
-    };
-    let dpkg_status = Path::new("/var/lib/dpkg/status");
-    let before = fs::metadata(dpkg_status).and_then(|m| m.modified()).ok();
-    let env = TestEnv::new();
-    let mgr = env.open().await;
-    let (out, all) = run_to_end(
-        &mgr,
-        spec(job_spec::Kind::Patch(Patch {
-            simulate: true,
-            ..Default::default()
-        })),
-    )
-    .await;
-    assert_eq!(state(&all), JobState::Succeeded, "{out}");
-    let Some(job_result::Kind::Patch(all_res)) = all.result.and_then(|r| r.kind) else {
-        panic!("no patch result")
-    };
-    assert_eq!(all_res.package_manager, pm.name());
-    for p in &all_res.packages {
-        assert!(!p.name.is_empty() && !p.to_version.is_empty(), "{p:?}");
-    }
-    let (out, sec) = run_to_end(
-        &mgr,
-        spec(job_spec::Kind::Patch(Patch {
-            simulate: true,
-            security_only: true,
-            exclude: vec!["libssl*".into()],
-        })),
-    )
-    .await;
-    assert_eq!(state(&sec), JobState::Succeeded, "{out}");
-    let Some(job_result::Kind::Patch(sec_res)) = sec.result.and_then(|r| r.kind) else {
-        panic!("no patch result")
-    };
-    assert!(sec_res.packages.len() <= all_res.packages.len());
-    assert!(
-        sec_res
-            .packages
-            .iter()
-            .all(|p| !p.name.starts_with("libssl")),
-        "excluded"
-    );
-    assert!(out.contains("simulation: nothing will change"), "{out}");
-    let after = fs::metadata(dpkg_status).and_then(|m| m.modified()).ok();
-    assert_eq!(before, after, "the package database was not touched");
-    eprintln!(
-        "{}: {} upgrades available, {} of them security (excluding libssl*)",
-        pm.name(),
-        all_res.packages.len(),
-        sec_res.packages.len()
-    );
+    within_test_limit(async {
+        let Some((pm, _)) = agent::jobs::kinds::patch::detect() else {
+            eprintln!("SKIPPED: no apt-get, dnf or yum on this machine");
+            return;
+        };
+        let dpkg_status = Path::new("/var/lib/dpkg/status");
+        let before = fs::metadata(dpkg_status).and_then(|m| m.modified()).ok();
+        let env = TestEnv::new();
+        let mgr = env.open().await;
+        let (out, all) = run_to_end(
+            &mgr,
+            spec(job_spec::Kind::Patch(Patch {
+                simulate: true,
+                ..Default::default()
+            })),
+        )
+        .await;
+        assert_eq!(state(&all), JobState::Succeeded, "{out}");
+        let Some(job_result::Kind::Patch(all_res)) = all.result.and_then(|r| r.kind) else {
+            panic!("no patch result")
+        };
+        assert_eq!(all_res.package_manager, pm.name());
+        for p in &all_res.packages {
+            assert!(!p.name.is_empty() && !p.to_version.is_empty(), "{p:?}");
+        }
+        let (out, sec) = run_to_end(
+            &mgr,
+            spec(job_spec::Kind::Patch(Patch {
+                simulate: true,
+                security_only: true,
+                exclude: vec!["libssl*".into()],
+            })),
+        )
+        .await;
+        assert_eq!(state(&sec), JobState::Succeeded, "{out}");
+        let Some(job_result::Kind::Patch(sec_res)) = sec.result.and_then(|r| r.kind) else {
+            panic!("no patch result")
+        };
+        assert!(sec_res.packages.len() <= all_res.packages.len());
+        assert!(
+            sec_res
+                .packages
+                .iter()
+                .all(|p| !p.name.starts_with("libssl")),
+            "excluded"
+        );
+        assert!(out.contains("simulation: nothing will change"), "{out}");
+        let after = fs::metadata(dpkg_status).and_then(|m| m.modified()).ok();
+        assert_eq!(before, after, "the package database was not touched");
+        eprintln!(
+            "{}: {} upgrades available, {} of them security (excluding libssl*)",
+            pm.name(),
+            all_res.packages.len(),
+            sec_res.packages.len()
+        );
+    })
+    .await
 }
 
 fn age(path: &Path, mtime_days: u32, atime_days: u32) {
@@ -148,137 +151,166 @@ fn cleanup_result(job: &Job) -> ops_proto::v1::CleanupResult {
 
 #[tokio::test]
 async fn cleanup_removes_only_old_matching_files_and_never_follows_symlinks() {
-    let mut env = TestEnv::new();
-    let (root, outside) = tree(env.path());
-    env.settings.cleanup.allowed_roots = vec![root.clone()];
-    let mgr = env.open().await;
-    let (out, done) = run_to_end(&mgr, cleanup(&root, "*.log", 7, TimeField::Mtime, false)).await;
-    assert_eq!(state(&done), JobState::Succeeded, "{out}");
-    assert!(!root.join("old.log").exists());
-    assert!(!root.join("sub/deep.log").exists());
-    assert!(root.join("new.log").exists(), "too young");
-    assert!(root.join("old.txt").exists(), "does not match");
-    assert!(
-        outside.join("victim.log").exists(),
-        "symlink targets are never touched"
-    );
-    assert!(
-        fs::symlink_metadata(root.join("link.log")).is_ok(),
-        "symlinks are skipped, not removed"
-    );
-    let r = cleanup_result(&done);
-    assert_eq!((r.files, r.bytes), (2, 14));
-    assert_eq!(r.skipped, 2, "two symlinks: {out}");
-    let mut samples = r.sample_paths.clone();
-    samples.sort();
-    assert_eq!(
-        samples,
-        [
-            root.join("old.log").display().to_string(),
-            root.join("sub/deep.log").display().to_string()
-        ]
-    );
-    assert!(out.contains("symbolic link (never followed)"), "{out}");
+    within_test_limit(async {
+        let mut env = TestEnv::new();
+        let (root, outside) = tree(env.path());
+        env.settings.cleanup.allowed_roots = vec![root.clone()];
+        let mgr = env.open().await;
+        let (out, done) =
+            run_to_end(&mgr, cleanup(&root, "*.log", 7, TimeField::Mtime, false)).await;
+        assert_eq!(state(&done), JobState::Succeeded, "{out}");
+        assert!(!root.join("old.log").exists());
+        assert!(!root.join("sub/deep.log").exists());
+        assert!(root.join("new.log").exists(), "too young");
+        assert!(root.join("old.txt").exists(), "does not match");
+        assert!(
+            outside.join("victim.log").exists(),
+            "symlink targets are never touched"
+        );
+        assert!(
+            fs::symlink_metadata(root.join("link.log")).is_ok(),
+            "symlinks are skipped, not removed"
+        );
+        let r = cleanup_result(&done);
+        assert_eq!((r.files, r.bytes), (2, 14));
+        assert_eq!(r.skipped, 2, "two symlinks: {out}");
+        let mut samples = r.sample_paths.clone();
+        samples.sort();
+        assert_eq!(
+            samples,
+            [
+                root.join("old.log").display().to_string(),
+                root.join("sub/deep.log").display().to_string()
+            ]
+        );
+        assert!(out.contains("symbolic link (never followed)"), "{out}");
+    })
+    .await
 }
 
 #[tokio::test]
 async fn cleanup_by_atime_compares_access_times() {
-    let mut env = TestEnv::new();
-    let root = env.path().join("root");
-    fs::create_dir(&root).unwrap();
-    fs::write(root.join("read-long-ago"), "a").unwrap();
-    fs::write(root.join("written-long-ago"), "b").unwrap();
-    age(&root.join("read-long-ago"), 0, 30);
-    age(&root.join("written-long-ago"), 30, 0);
-    env.settings.cleanup.allowed_roots = vec![env.path().to_path_buf()];
-    let mgr = env.open().await;
-    let (out, done) = run_to_end(&mgr, cleanup(&root, "*", 7, TimeField::Atime, false)).await;
-    assert_eq!(state(&done), JobState::Succeeded, "{out}");
-    assert!(!root.join("read-long-ago").exists());
-    assert!(root.join("written-long-ago").exists());
+    within_test_limit(async {
+        let mut env = TestEnv::new();
+        let root = env.path().join("root");
+        fs::create_dir(&root).unwrap();
+        fs::write(root.join("read-long-ago"), "a").unwrap();
+        fs::write(root.join("written-long-ago"), "b").unwrap();
+        age(&root.join("read-long-ago"), 0, 30);
+        age(&root.join("written-long-ago"), 30, 0);
+        env.settings.cleanup.allowed_roots = vec![env.path().to_path_buf()];
+        let mgr = env.open().await;
+        let (out, done) = run_to_end(&mgr, cleanup(&root, "*", 7, TimeField::Atime, false)).await;
+        assert_eq!(state(&done), JobState::Succeeded, "{out}");
+        assert!(!root.join("read-long-ago").exists());
+        assert!(root.join("written-long-ago").exists());
+    })
+    .await
 }
 
 #[tokio::test]
 async fn cleanup_dry_run_reports_but_removes_nothing() {
-    let mut env = TestEnv::new();
-    let (root, _) = tree(env.path());
-    env.settings.cleanup.allowed_roots = vec![root.clone()];
-    let mgr = env.open().await;
-    let (out, done) = run_to_end(&mgr, cleanup(&root, "*.log", 7, TimeField::Mtime, true)).await;
-    assert_eq!(state(&done), JobState::Succeeded);
-    assert_eq!(cleanup_result(&done).files, 2);
-    assert!(root.join("old.log").exists() && root.join("sub/deep.log").exists());
-    assert!(out.contains("would remove"), "{out}");
+    within_test_limit(async {
+        let mut env = TestEnv::new();
+        let (root, _) = tree(env.path());
+        env.settings.cleanup.allowed_roots = vec![root.clone()];
+        let mgr = env.open().await;
+        let (out, done) =
+            run_to_end(&mgr, cleanup(&root, "*.log", 7, TimeField::Mtime, true)).await;
+        assert_eq!(state(&done), JobState::Succeeded);
+        assert_eq!(cleanup_result(&done).files, 2);
+        assert!(root.join("old.log").exists() && root.join("sub/deep.log").exists());
+        assert!(out.contains("would remove"), "{out}");
+    })
+    .await
 }
 
 #[tokio::test]
 async fn cleanup_outside_the_allow_list_or_through_a_symlink_is_refused() {
-    let mut env = TestEnv::new();
-    let (root, outside) = tree(env.path());
-    env.settings.cleanup.allowed_roots = vec![root.clone()];
-    let mgr = env.open().await;
-    let err = mgr
-        .start(
-            req(cleanup(&outside, "*", 0, TimeField::Mtime, false)),
-            &operator(),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("not under a root this agent allows"),
-        "{err}"
-    );
-    assert_eq!(code(err), tonic::Code::InvalidArgument);
-    let err = mgr
-        .start(
-            req(cleanup(
-                &root.join("link-dir"),
-                "*",
-                0,
-                TimeField::Mtime,
-                false,
-            )),
-            &operator(),
-        )
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("symbolic link"), "{err}");
-    assert!(outside.join("victim.log").exists());
-    assert!(mgr.list(0).await.is_empty());
+    within_test_limit(async {
+        let mut env = TestEnv::new();
+        let (root, outside) = tree(env.path());
+        env.settings.cleanup.allowed_roots = vec![root.clone()];
+        let mgr = env.open().await;
+        let err = mgr
+            .start(
+                req(cleanup(&outside, "*", 0, TimeField::Mtime, false)),
+                &operator(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not under a root this agent allows"),
+            "{err}"
+        );
+        assert_eq!(code(err), tonic::Code::InvalidArgument);
+        let err = mgr
+            .start(
+                req(cleanup(
+                    &root.join("link-dir"),
+                    "*",
+                    0,
+                    TimeField::Mtime,
+                    false,
+                )),
+                &operator(),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(outside.join("victim.log").exists());
+        assert!(mgr.list(0).await.is_empty());
+    })
+    .await
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped (also when the test fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> Option<Tmpfs> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(at)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
 }
 
 #[tokio::test]
 async fn cleanup_never_leaves_the_root_filesystem() {
-    let mut env = TestEnv::new();
-    let root = env.path().join("root");
-    let mnt = root.join("mnt");
-    fs::create_dir_all(&mnt).unwrap();
-    let mounted = tokio::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .await
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root and mount rights)");
-        return;
-    }
-    fs::write(mnt.join("other-fs.log"), "x").unwrap();
-    age(&mnt.join("other-fs.log"), 10, 10);
-    env.settings.cleanup.allowed_roots = vec![root.clone()];
-    let mgr = env.open().await;
-    let (out, done) = run_to_end(&mgr, cleanup(&root, "*", 7, TimeField::Mtime, false)).await;
-    let survived = mnt.join("other-fs.log").exists();
-    let _ = tokio::process::Command::new("umount")
-        .arg(&mnt)
-        .status()
-        .await;
-    assert_eq!(state(&done), JobState::Succeeded, "{out}");
-    assert!(survived, "a file on another filesystem was removed: {out}");
-    assert!(out.contains("another filesystem"), "{out}");
-    assert_eq!(cleanup_result(&done).skipped, 1);
+    within_test_limit(async {
+        let mut env = TestEnv::new();
+        let root = env.path().join("root");
+        let mnt = root.join("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let Some(_tmpfs) = Tmpfs::mount(&mnt) else {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root and mount rights)");
+            return;
+        };
+        fs::write(mnt.join("other-fs.log"), "x").unwrap();
+        age(&mnt.join("other-fs.log"), 10, 10);
+        env.settings.cleanup.allowed_roots = vec![root.clone()];
+        let mgr = env.open().await;
+        let (out, done) = run_to_end(&mgr, cleanup(&root, "*", 7, TimeField::Mtime, false)).await;
+        assert_eq!(state(&done), JobState::Succeeded, "{out}");
+        assert!(
+            mnt.join("other-fs.log").exists(),
+            "a file on another filesystem was removed: {out}"
+        );
+        assert!(out.contains("another filesystem"), "{out}");
+        assert_eq!(cleanup_result(&done).skipped, 1);
+    })
+    .await
 }
 
 /// The stand-in: records its arguments, answers is-active with `state`.
@@ -299,162 +331,174 @@ fn fake_systemctl(dir: &Path, state: &str, restart_exit: i32) -> std::path::Path
 
 #[tokio::test]
 async fn restart_service_restarts_allowed_units_and_reports_their_state() {
-    let mut env = TestEnv::new();
-    let systemctl = fake_systemctl(env.path(), "active", 0);
-    env.settings.services.allowed = vec!["httpd".into()];
-    env.settings.services.systemctl = Some(systemctl);
-    let mgr = env.open().await;
-    let restart = |unit: &str| {
-        spec(job_spec::Kind::RestartService(RestartService {
-            unit: unit.into(),
-        }))
-    };
-    let (out, done) = run_to_end(&mgr, restart("httpd.service")).await;
-    assert_eq!(state(&done), JobState::Succeeded, "{out}");
-    match done.result.and_then(|r| r.kind) {
-        Some(job_result::Kind::Service(s)) => assert_eq!(
-            (s.unit.as_str(), s.active_state.as_str()),
-            ("httpd", "active")
-        ),
-        other => panic!("no service result: {other:?}"),
-    }
-    let args = fs::read_to_string(env.path().join("systemctl.args")).unwrap();
-    assert_eq!(args, "restart httpd\nis-active httpd\n");
+    within_test_limit(async {
+        let mut env = TestEnv::new();
+        let systemctl = fake_systemctl(env.path(), "active", 0);
+        env.settings.services.allowed = vec!["httpd".into()];
+        env.settings.services.systemctl = Some(systemctl);
+        let mgr = env.open().await;
+        let restart = |unit: &str| {
+            spec(job_spec::Kind::RestartService(RestartService {
+                unit: unit.into(),
+            }))
+        };
+        let (out, done) = run_to_end(&mgr, restart("httpd.service")).await;
+        assert_eq!(state(&done), JobState::Succeeded, "{out}");
+        match done.result.and_then(|r| r.kind) {
+            Some(job_result::Kind::Service(s)) => assert_eq!(
+                (s.unit.as_str(), s.active_state.as_str()),
+                ("httpd", "active")
+            ),
+            other => panic!("no service result: {other:?}"),
+        }
+        let args = fs::read_to_string(env.path().join("systemctl.args")).unwrap();
+        assert_eq!(args, "restart httpd\nis-active httpd\n");
 
-    let err = mgr
-        .start(req(restart("sshd")), &operator())
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("not in this agent's [services] allowed list"),
-        "{err}"
-    );
-    assert_eq!(code(err), tonic::Code::InvalidArgument);
-    assert_eq!(
-        fs::read_to_string(env.path().join("systemctl.args")).unwrap(),
-        args,
-        "systemctl not called"
-    );
+        let err = mgr
+            .start(req(restart("sshd")), &operator())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not in this agent's [services] allowed list"),
+            "{err}"
+        );
+        assert_eq!(code(err), tonic::Code::InvalidArgument);
+        assert_eq!(
+            fs::read_to_string(env.path().join("systemctl.args")).unwrap(),
+            args,
+            "systemctl not called"
+        );
+    })
+    .await
 }
 
 #[tokio::test]
 async fn restart_service_fails_when_the_unit_is_not_active_afterwards() {
-    let mut env = TestEnv::new();
-    env.settings.services.systemctl = Some(fake_systemctl(env.path(), "failed", 1));
-    env.settings.services.allowed = vec!["httpd".into()];
-    let mgr = env.open().await;
-    let (_, done) = run_to_end(
-        &mgr,
-        spec(job_spec::Kind::RestartService(RestartService {
-            unit: "httpd".into(),
-        })),
-    )
-    .await;
-    assert_eq!(state(&done), JobState::Failed);
-    assert_eq!(done.exit_code, Some(1));
-    assert!(done.error.contains("the unit is failed"), "{}", done.error);
-    match done.result.and_then(|r| r.kind) {
-        Some(job_result::Kind::Service(s)) => assert_eq!(s.active_state, "failed"),
-        other => panic!("no service result: {other:?}"),
-    }
+    within_test_limit(async {
+        let mut env = TestEnv::new();
+        env.settings.services.systemctl = Some(fake_systemctl(env.path(), "failed", 1));
+        env.settings.services.allowed = vec!["httpd".into()];
+        let mgr = env.open().await;
+        let (_, done) = run_to_end(
+            &mgr,
+            spec(job_spec::Kind::RestartService(RestartService {
+                unit: "httpd".into(),
+            })),
+        )
+        .await;
+        assert_eq!(state(&done), JobState::Failed);
+        assert_eq!(done.exit_code, Some(1));
+        assert!(done.error.contains("the unit is failed"), "{}", done.error);
+        match done.result.and_then(|r| r.kind) {
+            Some(job_result::Kind::Service(s)) => assert_eq!(s.active_state, "failed"),
+            other => panic!("no service result: {other:?}"),
+        }
+    })
+    .await
 }
 
 #[tokio::test]
 async fn kill_refuses_init_the_agent_and_wrong_names_then_signals_the_right_process() {
-    let env = TestEnv::new();
-    let mgr = env.open().await;
-    let mut victim = tokio::process::Command::new("sleep")
-        .arg("300")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = victim.id().unwrap() as i32;
-    let kill = |pid: i32, name: &str, signal: &str| {
-        spec(job_spec::Kind::KillProcess(KillProcess {
-            pid,
-            signal: signal.into(),
-            expected_name: name.into(),
-        }))
-    };
-    for (pid, name, why) in [
-        (1, "init", "pid 1"),
-        (0, "x", "never signalled"),
-        (std::process::id() as i32, "jobs_kinds", "agent itself"),
-        (pid, "stress", "not \"stress\""),
-        (pid, "", "expected_name is required"),
-    ] {
+    within_test_limit(async {
+        let env = TestEnv::new();
+        let mgr = env.open().await;
+        let mut victim = tokio::process::Command::new("sleep")
+            .arg("300")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = victim.id().unwrap() as i32;
+        let kill = |pid: i32, name: &str, signal: &str| {
+            spec(job_spec::Kind::KillProcess(KillProcess {
+                pid,
+                signal: signal.into(),
+                expected_name: name.into(),
+            }))
+        };
+        for (pid, name, why) in [
+            (1, "init", "pid 1"),
+            (0, "x", "never signalled"),
+            (std::process::id() as i32, "jobs_kinds", "agent itself"),
+            (pid, "stress", "not \"stress\""),
+            (pid, "", "expected_name is required"),
+        ] {
+            let err = mgr
+                .start(req(kill(pid, name, "TERM")), &operator())
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+            assert_eq!(code(err), tonic::Code::InvalidArgument);
+        }
         let err = mgr
-            .start(req(kill(pid, name, "TERM")), &operator())
+            .start(req(kill(pid, "sleep", "SEGV")), &operator())
             .await
             .unwrap_err();
-        assert!(err.to_string().contains(why), "{err}");
         assert_eq!(code(err), tonic::Code::InvalidArgument);
-    }
-    let err = mgr
-        .start(req(kill(pid, "sleep", "SEGV")), &operator())
-        .await
-        .unwrap_err();
-    assert_eq!(code(err), tonic::Code::InvalidArgument);
-    assert!(mgr.list(0).await.is_empty(), "refusals create no job");
-    assert_eq!(
-        env.audit()
-            .iter()
-            .filter(|l| l["event"] == "start_refused")
-            .count(),
-        6
-    );
+        assert!(mgr.list(0).await.is_empty(), "refusals create no job");
+        assert_eq!(
+            env.audit()
+                .iter()
+                .filter(|l| l["event"] == "start_refused")
+                .count(),
+            6
+        );
 
-    let keyed = || StartJobRequest {
-        idempotency_key: "incident-42-kill".into(),
-        ..req(kill(pid, "sleep", "KILL"))
-    };
-    let job = mgr.start(keyed(), &operator()).await.unwrap();
-    let (out, done) = follow(&mgr, &job.id, 0).await;
-    let out = String::from_utf8_lossy(&out);
-    assert_eq!(state(&done), JobState::Succeeded, "{out}");
-    // A retry after a lost reply gets the job back, though its target is gone by now.
-    let retry = mgr.start(keyed(), &operator()).await.unwrap();
-    assert_eq!(retry.id, job.id);
-    let status = tokio::time::timeout(STEP, victim.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(9));
-    match done.result.and_then(|r| r.kind) {
-        Some(job_result::Kind::Kill(k)) => assert_eq!(
-            (k.pid, k.name.as_str(), k.signal.as_str()),
-            (pid, "sleep", "KILL")
-        ),
-        other => panic!("no kill result: {other:?}"),
-    }
+        let keyed = || StartJobRequest {
+            idempotency_key: "incident-42-kill".into(),
+            ..req(kill(pid, "sleep", "KILL"))
+        };
+        let job = mgr.start(keyed(), &operator()).await.unwrap();
+        let (out, done) = follow(&mgr, &job.id, 0).await;
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(state(&done), JobState::Succeeded, "{out}");
+        // A retry after a lost reply gets the job back, though its target is gone by now.
+        let retry = mgr.start(keyed(), &operator()).await.unwrap();
+        assert_eq!(retry.id, job.id);
+        let status = tokio::time::timeout(STEP, victim.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9));
+        match done.result.and_then(|r| r.kind) {
+            Some(job_result::Kind::Kill(k)) => assert_eq!(
+                (k.pid, k.name.as_str(), k.signal.as_str()),
+                (pid, "sleep", "KILL")
+            ),
+            other => panic!("no kill result: {other:?}"),
+        }
+    })
+    .await
 }
 
 #[tokio::test]
 async fn rotate_logs_runs_logrotate_with_the_configured_file() {
-    if agent::jobs::kinds::find_in_path("logrotate").is_none() {
-        eprintln!("SKIPPED: logrotate is not installed");
-        return;
-    }
-    let mut env = TestEnv::new();
-    let logs = env.path().join("logs");
-    fs::create_dir(&logs).unwrap();
-    fs::write(logs.join("app.log"), "line\n").unwrap();
-    let conf = env.path().join("logrotate.conf");
-    fs::write(
-        &conf,
-        format!(
-            "{}/app.log {{\n  rotate 2\n  missingok\n}}\n",
-            logs.display()
-        ),
-    )
-    .unwrap();
-    env.settings.jobs.logrotate_config = conf;
-    env.settings.jobs.logrotate_state_file = Some(env.path().join("logrotate.status"));
-    let mgr = env.open().await;
-    let (out, done) = run_to_end(&mgr, spec(job_spec::Kind::RotateLogs(RotateLogs {}))).await;
-    assert_eq!(state(&done), JobState::Succeeded, "{out}");
-    assert!(logs.join("app.log.1").exists(), "{out}");
-    assert!(out.contains("logrotate -f -s"), "{out}");
+    within_test_limit(async {
+        if agent::jobs::kinds::find_in_path("logrotate").is_none() {
+            eprintln!("SKIPPED: logrotate is not installed");
+            return;
+        }
+        let mut env = TestEnv::new();
+        let logs = env.path().join("logs");
+        fs::create_dir(&logs).unwrap();
+        fs::write(logs.join("app.log"), "line\n").unwrap();
+        let conf = env.path().join("logrotate.conf");
+        fs::write(
+            &conf,
+            format!(
+                "{}/app.log {{\n  rotate 2\n  missingok\n}}\n",
+                logs.display()
+            ),
+        )
+        .unwrap();
+        env.settings.jobs.logrotate_config = conf;
+        env.settings.jobs.logrotate_state_file = Some(env.path().join("logrotate.status"));
+        let mgr = env.open().await;
+        let (out, done) = run_to_end(&mgr, spec(job_spec::Kind::RotateLogs(RotateLogs {}))).await;
+        assert_eq!(state(&done), JobState::Succeeded, "{out}");
+        assert!(logs.join("app.log.1").exists(), "{out}");
+        assert!(out.contains("logrotate -f -s"), "{out}");
+    })
+    .await
 }

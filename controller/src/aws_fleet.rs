@@ -122,6 +122,7 @@ fn vars<'a>(i: &'a Instance, agent_host: &'a str) -> TemplateVars<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -3,6 +3,7 @@
 //! cause a person can act on. Throttling is what moto cannot do: that test uses a
 //! hand-written loopback stand-in that answers with the service's error format. (Missing
 //! credentials are tested through the CLI, in runbook_cli.rs.)
+#![allow(clippy::unwrap_used)] // test code: a failed step should stop the test
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -11,6 +11,7 @@ pub mod config;
 pub mod kinds;
 mod manager;
 pub mod output;
+mod registry;
 pub mod runner;
 pub mod spec;
 pub mod store;

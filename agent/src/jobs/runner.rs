@@ -3,6 +3,10 @@
 //! and its stop signal (cancel or agent shutdown): SIGTERM to the group, then SIGKILL
 //! after the grace period.
 //!
+//! A command ends when its process has exited and its output pipes are closed: a
+//! background process that keeps them open keeps the job running until it exits, the
+//! job times out or is cancelled (which kills the whole group), so no output is lost.
+//!
 //! Never a shell: the program and its arguments are passed as they are. Output is
 //! never held in memory beyond one partial line per stream (at most `LINE_MAX` bytes),
 //! except stdout that a job kind asked to capture for parsing (bounded by `CAPTURE_MAX`).

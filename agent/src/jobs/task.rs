@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::kinds::{self, Outcome, Prepared, Report};
-use super::manager::{now_ms, Shared};
 use super::output::OutputLog;
+use super::registry::{now_ms, Shared};
 use super::runner::{Interrupt, JobCtx, StopReason};
 use super::spec::{result_json, state_name};
 

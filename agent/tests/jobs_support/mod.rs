@@ -17,6 +17,15 @@ use tokio_stream::StreamExt;
 
 /// Upper bound for any single test step.
 pub const STEP: Duration = Duration::from_secs(60);
+/// Upper bound for a whole test.
+pub const TEST_LIMIT: Duration = Duration::from_secs(180);
+
+/// Runs a test body under `TEST_LIMIT`: a hang fails the test instead of the CI run.
+pub async fn within_test_limit<F: std::future::Future<Output = ()>>(body: F) {
+    tokio::time::timeout(TEST_LIMIT, body)
+        .await
+        .expect("the test exceeded its time limit");
+}
 
 pub struct TestEnv {
     pub dir: tempfile::TempDir,

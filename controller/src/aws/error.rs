@@ -2,7 +2,7 @@
 //! on (no credentials, credentials rejected, access denied, throttled after retries,
 //! endpoint unreachable, timed out, not found), never a Debug dump of the SDK's error.
 
-use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 
 /// A failed AWS call.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    let text = DisplayErrorContext(&err).to_string();
+    let text = source_chain(&err);
     let cause = match &err {
         SdkError::ServiceError(se) => {
             let e = se.err();
@@ -97,7 +97,24 @@ where
 
 fn looks_like_missing_credentials(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
-    t.contains("no credentials") || t.contains("credentials provider") || t.contains("failed to load credentials")
+    ["no credentials", "credentials provider", "credential provider", "provided credentials", "failed to load credentials"]
+        .iter()
+        .any(|p| t.contains(p))
+}
+
+/// The error's message and its causes' messages, "a: b: c", each said once (the SDK's
+/// layers often repeat their cause). Display only, never Debug.
+pub fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let msg = e.to_string();
+        if !msg.is_empty() && !parts.iter().any(|p| p.contains(&msg)) {
+            parts.push(msg);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 /// Maps a service error code to its cause. Pure: unit-tested below.
@@ -122,6 +139,7 @@ pub fn cause_from_code(code: &str, message: &str) -> AwsCause {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -136,6 +154,19 @@ mod tests {
         assert!(matches!(cause_from_code("ResourceNotFoundException", "x"), AwsCause::NotFound { .. }));
         assert!(matches!(cause_from_code("InvalidInstanceID.NotFound", "x"), AwsCause::NotFound { .. }));
         assert!(matches!(cause_from_code("ValidationError", "x"), AwsCause::Service { .. }));
+    }
+
+    #[test]
+    fn the_cause_chain_is_said_once_each_without_debug_dumps() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("dispatch failure")]
+        struct Outer(#[source] Inner);
+        #[derive(Debug, thiserror::Error)]
+        #[error("no providers in chain provided credentials")]
+        struct Inner;
+        let text = source_chain(&Outer(Inner));
+        assert_eq!(text, "dispatch failure: no providers in chain provided credentials");
+        assert!(looks_like_missing_credentials(&text));
     }
 
     #[test]

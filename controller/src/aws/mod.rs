@@ -184,6 +184,7 @@ pub fn from_utc(t: DateTime<Utc>) -> aws_sdk_ec2::primitives::DateTime {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

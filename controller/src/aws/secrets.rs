@@ -43,6 +43,7 @@ pub async fn get_secret_string(client: &Client, secret_id: &str) -> Result<Secre
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     #[test]
     fn a_secret_never_shows_in_debug_output() {

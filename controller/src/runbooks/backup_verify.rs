@@ -158,6 +158,7 @@ pub fn sizes_check(snaps: &[DbSnapshot]) -> Check {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use chrono::{Duration, TimeZone};

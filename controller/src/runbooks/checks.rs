@@ -147,6 +147,7 @@ pub fn agent_auth_check(name: &str, answers: &[HostAnswer<AuthSummary>], thresho
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use chrono::FixedOffset;

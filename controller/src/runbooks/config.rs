@@ -170,6 +170,7 @@ mod duration_text {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -292,6 +292,7 @@ pub fn action_items(report: &Report, login_threshold: u64) -> Vec<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

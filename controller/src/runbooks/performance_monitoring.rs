@@ -295,6 +295,7 @@ async fn db_figures(ctx: &Context, id: &str, start: chrono::DateTime<Utc>, end: 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

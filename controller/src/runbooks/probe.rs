@@ -270,6 +270,7 @@ impl ServerCertVerifier for InspectOnly {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -469,6 +469,7 @@ pub fn ebs_compliance(volumes: &[Volume]) -> Check {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::aws::ec2::IngressRule;

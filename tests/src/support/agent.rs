@@ -22,8 +22,14 @@ use super::certs::{Files, TestPki};
 /// The agent config text for a test: loopback, the test PKI, metadata lookup pointed at
 /// a closed loopback port (tests never send traffic off this machine), plus `extra` TOML.
 pub fn config_text(pki: &TestPki, agent_cert: &Files, listen: &str, extra_top: &str, extra_sections: &str) -> String {
+    // Each test's agent keeps its jobs in the test's own folder unless told otherwise.
+    let state = if extra_top.contains("state_dir") {
+        String::new()
+    } else {
+        format!("state_dir = \"{}\"\n", pki.path().join("state").display())
+    };
     format!(
-        "listen = \"{listen}\"\n{extra_top}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[metadata]\nurl = \"http://127.0.0.1:9\"\ntimeout_ms = 200\n{extra_sections}\n",
+        "listen = \"{listen}\"\n{state}{extra_top}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[metadata]\nurl = \"http://127.0.0.1:9\"\ntimeout_ms = 200\n{extra_sections}\n",
         pki.ca_file.display(),
         agent_cert.cert.display(),
         agent_cert.key.display(),

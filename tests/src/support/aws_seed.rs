@@ -212,3 +212,39 @@ pub fn trail_record(event: &str, error_code: Option<&str>, user: &str) -> String
     }
     v.to_string()
 }
+
+/// A runbook context on these clients: fleet from EC2 tagged `Project=TechHealth`,
+/// agents dialled at their `Agent` tag, `runbooks_toml` as the `[runbooks]` section.
+pub fn context(aws: AwsClients, runbooks_toml: &str, dialer: Option<controller::client::Dialer>) -> controller::runbooks::Context {
+    let text = format!(
+        "[tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\n[fleet]\nsource = \"ec2\"\ntag_filters = {{ Project = \"TechHealth\" }}\naddress = \"tag:Agent\"\n[runbooks]\n{runbooks_toml}\n"
+    );
+    let cfg = controller::config::ControllerConfig::parse(&text).expect("config");
+    cfg.validate().expect("valid config");
+    controller::runbooks::Context {
+        aws,
+        runbooks: cfg.runbooks,
+        fleet: cfg.fleet,
+        dialer_error: dialer.is_none().then(|| "no agent credentials in this test".to_string()),
+        dialer,
+        now: Utc::now(),
+    }
+}
+
+/// An auth log (RFC 3339 syslog lines) with `n` failed passwords in the last hour.
+pub fn auth_log(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let path = dir.join("secure");
+    let now = Utc::now();
+    let mut text = String::new();
+    for i in 0..n {
+        let t = now - chrono::Duration::minutes(50) + chrono::Duration::seconds(i as i64);
+        text.push_str(&format!(
+            "{} web-1 sshd[{}]: Failed password for root from 192.0.2.{} port 22 ssh2\n",
+            t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00"),
+            100 + i,
+            1 + i % 3
+        ));
+    }
+    std::fs::write(&path, text).expect("write auth log");
+    path
+}

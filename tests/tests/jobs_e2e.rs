@@ -1,0 +1,197 @@
+//! Jobs end to end: the controller starts a typed job and follows it, a watch whose
+//! connection is cut mid-way reattaches and resumes from its offset with every line
+//! exactly once, an agent killed mid-job brings the job back `interrupted` after a
+//! restart, and a viewer may not start jobs (and the refusal is audited).
+
+use std::io::Write;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use controller::commands::job;
+use e2e::support::agent::{config_text, dialer, host, spawn_in_process, write_config, AgentProcess};
+use e2e::support::certs::TestPki;
+use e2e::support::proxy::Proxy;
+use e2e::support::binary;
+use ops_proto::v1::{job_spec, JobSpec, JobState, RunAction, StartJobRequest};
+
+const T: Duration = Duration::from_secs(90);
+
+fn actions(lines: u32, pause: &str) -> String {
+    format!(
+        "[[actions]]\nname = \"count\"\nargv = [\"sh\", \"-c\", \"for i in $(seq 1 {lines}); do echo line $i; sleep {pause}; done\"]\n\
+         [[actions]]\nname = \"hello\"\nargv = [\"echo\", \"hello\"]\n"
+    )
+}
+
+fn run_action(name: &str) -> StartJobRequest {
+    StartJobRequest {
+        spec: Some(JobSpec { kind: Some(job_spec::Kind::RunAction(RunAction { name: name.into() })) }),
+        idempotency_key: String::new(),
+        timeout_seconds: 0,
+        queue_if_busy: false,
+    }
+}
+
+/// The job's own lines (the agent prefixes its notes, such as the command it ran, with "[agent]").
+fn expect_lines(out: &str, n: u32) {
+    let got: Vec<&str> = out.lines().filter(|l| !l.starts_with("[agent]")).collect();
+    let want: Vec<String> = (1..=n).map(|i| format!("line {i}")).collect();
+    assert_eq!(got, want, "every line exactly once, in order");
+}
+
+#[test]
+fn controller_job_start_follows_output_and_ends_with_json_state() {
+    let pki = TestPki::new();
+    let text = config_text(&pki, &pki.agent, "127.0.0.1:0", "", &actions(5, "0.01"));
+    let agent = AgentProcess::start(&write_config(&pki, "agent", &text));
+    let cfg = pki.path().join("controller.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[[fleet.hosts]]\nname = \"web-1\"\naddress = \"{}\"\nserver_name = \"localhost\"\n",
+            pki.ca_file.display(), pki.operator.cert.display(), pki.operator.key.display(), agent.addr
+        ),
+    )
+    .unwrap();
+    let out = Command::new(binary("controller"))
+        .args(["--config", cfg.to_str().unwrap(), "--output", "json", "job", "start", "web-1", "action", "count"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stdout {stdout} stderr {}", String::from_utf8_lossy(&out.stderr));
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    let last: serde_json::Value = serde_json::from_str(lines.pop().unwrap()).unwrap();
+    assert_eq!(last["state"], "succeeded");
+    assert_eq!(last["exit_code"], 0);
+    let id = last["job_id"].as_str().unwrap().to_string();
+    expect_lines(&(lines.join("\n") + "\n"), 5);
+
+    // An unknown action is refused by the agent, named, and exits non-zero.
+    let out = Command::new(binary("controller"))
+        .args(["--config", cfg.to_str().unwrap(), "job", "start", "web-1", "action", "rm-rf"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rm-rf"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The job shows in the list.
+    let out = Command::new(binary("controller"))
+        .args(["--config", cfg.to_str().unwrap(), "job", "list", "web-1"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains(&id) && listed.contains("succeeded"), "{listed}");
+}
+
+/// Collects output and reports how many lines have arrived.
+struct Progress {
+    buf: Arc<Mutex<Vec<u8>>>,
+    lines: tokio::sync::watch::Sender<usize>,
+}
+
+impl Write for Progress {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut b = self.buf.lock().unwrap();
+        b.extend_from_slice(data);
+        let _ = self.lines.send(b.iter().filter(|c| **c == b'\n').count());
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn watch_cut_mid_way_reattaches_and_gets_every_line_once() {
+    tokio::time::timeout(T, async {
+        let pki = TestPki::new();
+        let agent = spawn_in_process(&pki, "", &actions(40, "0.05")).await;
+        let proxy = Proxy::start(agent.local_addr()).await;
+        let h = host("web-1", proxy.addr);
+        let d = dialer(pki.operator_config());
+        let started = job::start(&d, &h, run_action("count")).await.unwrap();
+
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let (tx, mut rx) = tokio::sync::watch::channel(0usize);
+        let cutter = tokio::spawn(async move {
+            rx.wait_for(|n| *n >= 10).await.unwrap();
+            proxy.cut_all();
+            rx.wait_for(|n| *n >= 25).await.unwrap();
+            proxy.cut_all();
+            proxy
+        });
+        let mut w = Progress { buf: buf.clone(), lines: tx };
+        let done = job::watch(&d, &h, &started.id, 0, &mut w).await.unwrap();
+        let _proxy = cutter.await.unwrap();
+        assert_eq!(done.state, JobState::Succeeded as i32);
+        let out = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        expect_lines(&out, 40);
+        assert_eq!(done.output_bytes, out.len() as u64);
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn agent_killed_mid_job_reports_it_interrupted_after_restart_and_runs_new_jobs() {
+    let pki = TestPki::new();
+    let text = config_text(&pki, &pki.agent, "127.0.0.1:0", "", &actions(600, "0.1"));
+    let cfg = write_config(&pki, "agent", &text);
+    let mut first = AgentProcess::start(&cfg);
+    let d = dialer(pki.operator_config());
+    tokio::time::timeout(T, async {
+        let started = job::start(&d, &host("a", first.addr), run_action("count")).await.unwrap();
+        // Wait for real output so the job is surely running, then crash the agent.
+        let mut client = d.connect_streaming(&host("a", first.addr)).await.unwrap();
+        let mut stream = client
+            .watch_job(ops_proto::v1::WatchJobRequest { job_id: started.id.clone(), from_offset: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        let first_event = tokio_stream::StreamExt::next(&mut stream).await.unwrap().unwrap();
+        assert!(matches!(first_event.event, Some(ops_proto::v1::job_event::Event::Output(_))));
+        first.kill();
+
+        let second = AgentProcess::start(&cfg);
+        let job_after = job::get(&d, &host("a", second.addr), &started.id).await.unwrap();
+        assert_eq!(job_after.state, JobState::Interrupted as i32, "{job_after:?}");
+        assert!(!job_after.error.is_empty());
+        let mut out = Vec::new();
+        let fresh = job::start(&d, &host("a", second.addr), run_action("hello")).await.unwrap();
+        let fresh = job::watch(&d, &host("a", second.addr), &fresh.id, 0, &mut out).await.unwrap();
+        assert_eq!(fresh.state, JobState::Succeeded as i32);
+        assert!(String::from_utf8(out).unwrap().ends_with("$ echo hello\nhello\n"));
+        drop(second);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn viewer_may_watch_but_not_start_and_the_refusal_is_audited() {
+    tokio::time::timeout(T, async {
+        let pki = TestPki::new();
+        let agent = spawn_in_process(&pki, "", &actions(1, "0")).await;
+        let h = host("web-1", agent.local_addr());
+        let viewer = dialer(pki.client_config(&pki.viewer));
+        let mut vc = viewer.connect(&h).await.unwrap();
+        let err = vc.start_job(run_action("hello")).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        // An operator's job can be watched by the viewer.
+        let op = dialer(pki.operator_config());
+        let j = job::start(&op, &h, run_action("hello")).await.unwrap();
+        let mut out = Vec::new();
+        let done = job::watch(&viewer, &h, &j.id, 0, &mut out).await.unwrap();
+        assert_eq!(done.state, JobState::Succeeded as i32);
+        let audit = std::fs::read_to_string(pki.path().join("state").join("audit.log")).unwrap();
+        let events: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(events.iter().any(|e| e.to_string().contains("start_denied") && e.to_string().contains("viewer-test")), "{audit}");
+        assert!(events.iter().any(|e| e.to_string().contains("\"start\"") && e.to_string().contains(&j.id)), "{audit}");
+        assert!(events.iter().any(|e| e.to_string().contains("finished") && e.to_string().contains(&j.id)), "{audit}");
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+}

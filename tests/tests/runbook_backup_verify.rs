@@ -1,0 +1,75 @@
+//! `backup verify` against moto: retention, the newest automated snapshot (made three
+//! days old by running moto under faketime, since moto cannot backdate one), the last
+//! automated EBS snapshots and the size history.
+#![allow(clippy::unwrap_used)] // test code: a failed step should stop the test
+
+use std::time::Duration;
+
+use controller::runbooks::backup_verify as backup;
+use controller::runbooks::report::{Outcome, Status};
+use controller::runbooks::{self, Which};
+use e2e::support::aws_seed as seed;
+use e2e::support::moto::Moto;
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+#[tokio::test]
+async fn fresh_backups_kept_a_week_pass() {
+    tokio::time::timeout(LIMIT, async {
+        let moto = Moto::start();
+        let aws = moto.clients().await;
+        seed::database(&aws, "techhealth-database", 7, true, false).await;
+        for _ in 0..6 {
+            seed::ebs_snapshot(&aws, &[("Purpose", "Automated")], true).await;
+        }
+        seed::ebs_snapshot(&aws, &[("Purpose", "Maintenance")], true).await;
+
+        let report = runbooks::run(Which::BackupVerify, &seed::context(aws, "", None)).await;
+        let text = report.render_text();
+        assert_eq!(report.outcome(), Outcome::Passed, "{text}");
+        for c in &report.checks {
+            assert_eq!(c.status, Status::Ok, "{}: {}\n{text}", c.name, c.summary);
+        }
+        let retention = report.check(backup::RETENTION).unwrap();
+        assert_eq!(retention.details, vec!["techhealth-database  retention 7 days  window 03:00-04:00".to_string()]);
+        let newest = report.check(backup::NEWEST).unwrap();
+        assert!(newest.summary.starts_with("rds:techhealth-database-") && newest.summary.contains(" available, "), "{}", newest.summary);
+        let ebs = report.check(backup::EBS).unwrap();
+        assert_eq!(ebs.summary, "last 5 of 6 EBS snapshots: all completed");
+        assert_eq!(ebs.details.len(), 5);
+        assert!(ebs.details.iter().all(|d| d.contains("  completed  ") && d.contains("  8 GiB  ")), "{:?}", ebs.details);
+        let sizes = report.check(backup::SIZES).unwrap();
+        assert_eq!(sizes.summary, "1 snapshots, 20 GiB to 20 GiB");
+        assert_eq!(report.runbook, "backup-verify");
+        assert!(runbooks::report_stem(&report).starts_with("backup-report-"));
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn an_old_snapshot_short_retention_and_no_ebs_snapshots_are_reported() {
+    tokio::time::timeout(LIMIT, async {
+        // Everything moto creates is stamped three days ago.
+        let moto = Moto::start_in_the_past("-3d");
+        let aws = moto.clients().await;
+        seed::database(&aws, "techhealth-database", 3, true, false).await;
+
+        let report = runbooks::run(Which::BackupVerify, &seed::context(aws, "", None)).await;
+        let text = report.render_text();
+        assert_eq!(report.outcome(), Outcome::Failed, "{text}");
+        let newest = report.check(backup::NEWEST).unwrap();
+        assert_eq!(newest.status, Status::Fail, "{text}");
+        assert!(newest.summary.ends_with(" old (limit 26 h)"), "{}", newest.summary);
+        assert!(["2 d 23 h", "3 d 0 h"].iter().any(|age| newest.summary.contains(age)), "three days old: {}", newest.summary);
+        let retention = report.check(backup::RETENTION).unwrap();
+        assert_eq!(retention.status, Status::Warn);
+        assert!(retention.details[0].ends_with("retention 3 days  window 03:00-04:00  (under 7 days)"), "{:?}", retention.details);
+        let ebs = report.check(backup::EBS).unwrap();
+        assert_eq!((ebs.status, ebs.summary.as_str()), (Status::Warn, "no EBS snapshots with the automated-backup tags"));
+        assert!(report.action_items.iter().any(|a| a.starts_with("Fix rds automated snapshot: newest snapshot rds:techhealth-database-")), "{:?}", report.action_items);
+        assert!(text.contains("[FAIL] rds automated snapshot"), "{text}");
+    })
+    .await
+    .expect("test timed out");
+}

@@ -1,0 +1,124 @@
+//! The runbook subcommands as an operator runs them: the `controller` binary against
+//! moto with the standard AWS environment variables, reports written to --report-dir,
+//! `--output json`, and the documented exit codes (0 passed, 1 a check failed, 2 could
+//! not run: no credentials, AWS unreachable, bad configuration).
+#![allow(clippy::unwrap_used)] // test code: a failed step should stop the test
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use e2e::support::aws_seed as seed;
+use e2e::support::certs::TestPki;
+use e2e::support::moto::{Moto, REGION};
+use e2e::support::{binary, free_port};
+
+fn config(pki: &TestPki, extra: &str) -> PathBuf {
+    let text = format!(
+        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[fleet]\nsource = \"ec2\"\ntag_filters = {{ Project = \"TechHealth\" }}\naddress = \"tag:Agent\"\n{extra}",
+        pki.ca_file.display(),
+        pki.operator.cert.display(),
+        pki.operator.key.display()
+    );
+    let p = pki.path().join("controller.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Runs the controller with only the environment given (no AWS_* from the caller).
+fn controller(env: &[(&str, String)], config: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(binary("controller"));
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("HOME", "/nonexistent");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.arg("--config").arg(config).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn day() -> String {
+    chrono::Local::now().format("%Y%m%d").to_string()
+}
+
+#[tokio::test]
+async fn daily_health_check_writes_both_reports_and_exits_1_when_a_check_fails() {
+    let moto = Moto::start();
+    let aws = moto.clients().await;
+    seed::database(&aws, "techhealth-database", 7, true, false).await;
+    seed::alarm_in_alarm(&aws, "techhealth-5xx", "Threshold Crossed").await;
+    let pki = TestPki::new();
+    let cfg = config(&pki, "");
+    let reports = pki.path().join("reports");
+    let (code, out, err) = controller(&moto.env(), &cfg, &["daily-health-check", "--report-dir", reports.to_str().unwrap()]);
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("FAIL     cloudwatch alarms               1 alarm(s) in ALARM"), "{out}");
+    assert!(out.contains("FAIL     stack status                    stack TechHealthInfrastructureStack does not exist"), "{out}");
+    let txt = reports.join(format!("daily-report-{}.txt", day()));
+    let json = reports.join(format!("daily-report-{}.json", day()));
+    assert!(out.contains(&format!("Report saved to: {}", txt.display())), "{out}");
+    let text = std::fs::read_to_string(&txt).unwrap();
+    assert!(text.starts_with("TechHealth Daily Health Check - "), "{text}");
+    assert!(text.contains("  techhealth-5xx  (AWS/EC2/CPUUtilization)"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["outcome"], "failed");
+    assert_eq!(v["exit_code"], 1);
+    assert_eq!(v["runbook"], "daily-health-check");
+}
+
+#[tokio::test]
+async fn backup_verify_prints_json_and_exits_0_when_all_is_well() {
+    let moto = Moto::start();
+    let aws = moto.clients().await;
+    seed::database(&aws, "techhealth-database", 7, true, false).await;
+    seed::ebs_snapshot(&aws, &[("Purpose", "Automated")], true).await;
+    let pki = TestPki::new();
+    let cfg = config(&pki, &format!("[aws]\nregion = \"{REGION}\"\nendpoint_url = \"{}\"\n", moto.endpoint()));
+    let env: Vec<(&str, String)> = moto.env().into_iter().filter(|(k, _)| *k != "AWS_ENDPOINT_URL" && *k != "AWS_REGION").collect();
+    let (code, out, err) = controller(&env, &cfg, &["--output", "json", "backup", "verify", "--report-dir", pki.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["outcome"], "passed");
+    assert_eq!(v["checks"].as_array().unwrap().len(), 4);
+    assert!(pki.path().join(format!("backup-report-{}.json", day())).is_file());
+}
+
+#[tokio::test]
+async fn unreachable_aws_exits_2_and_names_the_cause() {
+    let pki = TestPki::new();
+    let cfg = config(&pki, "");
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+        ("AWS_REGION", REGION.to_string()),
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", free_port())),
+    ];
+    let (code, out, err) = controller(&env, &cfg, &["backup", "verify", "--report-dir", pki.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("Result: COULD NOT RUN"), "{out}");
+    assert!(out.contains("could not check: RDS DescribeDBInstances: endpoint unreachable"), "{out}");
+}
+
+#[tokio::test]
+async fn missing_credentials_exit_2_and_say_what_to_set() {
+    let moto = Moto::start();
+    let pki = TestPki::new();
+    let cfg = config(&pki, "");
+    let env = vec![
+        ("AWS_REGION", REGION.to_string()),
+        ("AWS_ENDPOINT_URL", moto.endpoint()),
+        ("AWS_CONFIG_FILE", "/nonexistent/config".to_string()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials".to_string()),
+    ];
+    let (code, out, err) = controller(&env, &cfg, &["security-review", "--report-dir", pki.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("IAM ListUsers: no AWS credentials found"), "{out}");
+    assert!(out.contains("set AWS_PROFILE or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"), "{out}");
+}
+
+#[test]
+fn an_invalid_config_exits_2_naming_the_key() {
+    let pki = TestPki::new();
+    let cfg = config(&pki, "[runbooks]\nstak_name = \"typo\"\n");
+    let (code, out, err) = controller(&[], &cfg, &["daily-health-check"]);
+    assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("stak_name"), "{err}");
+}

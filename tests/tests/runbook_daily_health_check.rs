@@ -1,0 +1,137 @@
+//! `daily-health-check` against moto, real in-process agents over mTLS and loopback web
+//! servers: a healthy world passes every check; a broken one names each problem (missing
+//! stack, an alarm in ALARM, an HTTP 500, an unreachable agent, 120 error events over
+//! several pages, failed logins over the threshold) and its action items.
+#![allow(clippy::unwrap_used)] // test code: a failed step should stop the test
+
+use std::time::Duration;
+
+use chrono::Utc;
+use controller::runbooks::daily_health_check as daily;
+use controller::runbooks::report::{Outcome, Status};
+use controller::runbooks::{self, Which};
+use e2e::support::agent::{dialer, spawn_in_process};
+use e2e::support::aws_seed as seed;
+use e2e::support::certs::TestPki;
+use e2e::support::moto::Moto;
+use e2e::support::{free_port, web};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+#[tokio::test]
+async fn a_healthy_stack_passes_every_daily_check_and_the_report_says_so() {
+    tokio::time::timeout(LIMIT, async {
+        let moto = Moto::start();
+        let aws = moto.clients().await;
+        let pki = TestPki::new();
+        let log = seed::auth_log(pki.path(), 2);
+        let agent = spawn_in_process(&pki, "", &format!("[auth_log]\npaths = [\"{}\"]\n", log.display())).await;
+        let site = web::http(200).await;
+        let agent_addr = agent.local_addr().to_string();
+        let site_url = site.url();
+        for name in ["web-1", "web-2"] {
+            seed::instance(&aws, &[("Project", "TechHealth"), ("Name", name), ("Agent", &agent_addr), ("AppUrl", &site_url)], true).await;
+        }
+        seed::stack(&aws, "TechHealthInfrastructureStack").await;
+        seed::database(&aws, "techhealth-database", 7, true, false).await;
+        let now = Utc::now();
+        seed::log_events(&aws, "/aws/ec2/techhealth", "web-1", &[
+            (now - chrono::Duration::minutes(5), "INFO GET /patients 200".into()),
+            (now - chrono::Duration::days(3), "ERROR from long before last evening".into()),
+        ]).await;
+        seed::log_events(&aws, "/aws/ec2/auth", "web-1", &[(now - chrono::Duration::minutes(9), "sshd[1]: Failed password for root from 192.0.2.1".into())]).await;
+
+        let ctx = seed::context(aws, "", Some(dialer(pki.operator_config())));
+        let report = runbooks::run(Which::DailyHealthCheck, &ctx).await;
+        let text = report.render_text();
+        assert_eq!(report.outcome(), Outcome::Passed, "{text}");
+        for c in &report.checks {
+            assert_eq!(c.status, Status::Ok, "{}: {}\n{text}", c.name, c.summary);
+        }
+        let summary = |name: &str| report.check(name).unwrap_or_else(|| panic!("no check {name}")).summary.clone();
+        assert_eq!(summary(daily::STACK), "TechHealthInfrastructureStack: CREATE_COMPLETE");
+        assert_eq!(summary(daily::INSTANCES), "2 of 2 tagged instances running");
+        assert_eq!(summary(daily::CONNECTIVITY), "2 of 2 instances answer HTTP 200");
+        assert!(summary(daily::ERRORS).starts_with("0 ERROR events in /aws/ec2/techhealth since"), "{text}");
+        assert!(summary(daily::BACKUP).starts_with("rds:techhealth-database-"), "{text}");
+        assert!(summary(daily::LOGINS).starts_with("1 failed logins"), "{text}");
+        assert_eq!(summary(daily::AGENT_LOGINS), "4 failed logins on 2 of 2 hosts", "{text}");
+        assert!(text.contains("web-1: 2 failed (password 2, invalid user 0, public key 0); users: root 2"), "{text}");
+        assert!(text.contains("Action items:\n- none"), "{text}");
+        assert!(text.contains("Next check: "), "{text}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let (txt, json) = report.write(dir.path(), &runbooks::report_stem(&report)).unwrap();
+        let day = chrono::Local::now().format("%Y%m%d").to_string();
+        assert_eq!(txt.file_name().unwrap().to_str().unwrap(), format!("daily-report-{day}.txt"));
+        assert!(std::fs::read_to_string(&txt).unwrap().contains("Result: PASSED"));
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+        assert_eq!(v["exit_code"], 0);
+        assert_eq!(v["checks"].as_array().unwrap().len(), 9);
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn a_broken_stack_fails_and_each_problem_is_named_with_its_action_item() {
+    tokio::time::timeout(LIMIT, async {
+        let moto = Moto::start();
+        let aws = moto.clients().await;
+        let pki = TestPki::new();
+        let log = seed::auth_log(pki.path(), 1);
+        let agent = spawn_in_process(&pki, "", &format!("[auth_log]\npaths = [\"{}\"]\n", log.display())).await;
+        let broken = web::http(500).await;
+        let fine = web::http(200).await;
+        let dead_agent = format!("127.0.0.1:{}", free_port());
+        let agent_addr = agent.local_addr().to_string();
+        let (broken_url, fine_url) = (broken.url(), fine.url());
+        seed::instance(&aws, &[("Project", "TechHealth"), ("Name", "web-1"), ("Agent", &agent_addr), ("AppUrl", &broken_url)], true).await;
+        seed::instance(&aws, &[("Project", "TechHealth"), ("Name", "web-2"), ("Agent", &dead_agent), ("AppUrl", &fine_url)], true).await;
+        seed::database(&aws, "techhealth-database", 7, true, false).await;
+        seed::alarm_in_alarm(&aws, "techhealth-high-cpu", "Threshold Crossed: 2 datapoints were greater than 80").await;
+        let now = Utc::now();
+        let errors: Vec<_> = (0..120).map(|i| (now - chrono::Duration::seconds(30 * i), format!("ERROR upstream timeout #{i}"))).collect();
+        seed::log_events(&aws, "/aws/ec2/techhealth", "web-1", &errors).await;
+        let logins: Vec<_> = (0..8).map(|i| (now - chrono::Duration::minutes(i), format!("sshd[{i}]: Failed password for admin from 203.0.113.9"))).collect();
+        seed::log_events(&aws, "/aws/ec2/auth", "web-1", &logins).await;
+
+        let ctx = seed::context(aws, "log_page_limit = 50\nhttp_timeout = \"3s\"", Some(dialer(pki.operator_config())));
+        let report = runbooks::run(Which::DailyHealthCheck, &ctx).await;
+        let text = report.render_text();
+        assert_eq!(report.outcome(), Outcome::Failed, "{text}");
+        assert_eq!(report.outcome().exit_code(), 1);
+        let check = |name: &str| report.check(name).unwrap_or_else(|| panic!("no check {name}")).clone();
+
+        let stack = check(daily::STACK);
+        assert_eq!((stack.status, stack.summary.as_str()), (Status::Fail, "stack TechHealthInfrastructureStack does not exist"));
+        let alarms = check(daily::ALARMS);
+        assert_eq!(alarms.status, Status::Fail);
+        assert!(alarms.details[0].starts_with("techhealth-high-cpu  (AWS/EC2/CPUUtilization)"), "{:?}", alarms.details);
+        let conn = check(daily::CONNECTIVITY);
+        assert_eq!(conn.status, Status::Fail);
+        assert_eq!(conn.summary, "1 of 2 instances answer HTTP 200");
+        assert!(conn.details.iter().any(|d| d.starts_with("web-1 (i-") && d.ends_with(&format!("{broken_url}  HTTP 500"))), "{:?}", conn.details);
+        let errs = check(daily::ERRORS);
+        assert_eq!(errs.status, Status::Warn);
+        assert!(errs.summary.starts_with("120 ERROR events"), "{}", errs.summary);
+        assert!(errs.data["pages"].as_u64().unwrap() >= 3, "{}", errs.data);
+        let logins = check(daily::LOGINS);
+        assert_eq!(logins.status, Status::Warn);
+        assert!(logins.summary.starts_with("8 failed logins"), "{}", logins.summary);
+        let agents = check(daily::AGENT_LOGINS);
+        assert_eq!(agents.status, Status::Warn);
+        assert!(agents.summary.contains("1 agent(s) unreachable"), "{}", agents.summary);
+        assert!(agents.details.iter().any(|d| d.starts_with("web-2: agent unreachable: ") && d.contains("refused")), "{:?}", agents.details);
+        assert_eq!(check(daily::BACKUP).status, Status::Ok);
+
+        assert!(report.action_items.iter().any(|a| a.starts_with("Review the active alarms")), "{:?}", report.action_items);
+        assert!(report.action_items.iter().any(|a| a == "Investigate the 120 error events in the application log"), "{:?}", report.action_items);
+        assert!(report.action_items.iter().any(|a| a.starts_with("Follow up on the 8 failed login attempts")), "{:?}", report.action_items);
+        assert!(text.contains("Result: FAILED (3 failed, 3 warnings"), "{text}");
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
