@@ -2,6 +2,9 @@
 //! start and during a 10 Hz diagnostics stream. Runs the release `agent` binary as a
 //! real process over real mTLS on loopback.
 //!
+//! Then jobs through gRPC: start-to-first-output latency, and the throughput of a watch
+//! on a job printing 100 MB, with the agent's RSS meanwhile.
+//!
 //! `cargo bench -p agent --bench agent_rpc`; `AGENT_BENCH_STREAM_SECS` sets the stream
 //! duration (default 600 s, the 10 minutes the issue asks for).
 
@@ -34,7 +37,7 @@ fn make_pki(dir: &std::path::Path) {
     let k = KeyPair::generate().unwrap();
     write_pair(dir, "agent", &agent.signed_by(&k, &issuer).unwrap().pem(), &k.serialize_pem());
     let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client.subject_alt_names = vec![SanType::URI(Role::Viewer.uri().try_into().unwrap())];
+    client.subject_alt_names = vec![SanType::URI(Role::Operator.uri().try_into().unwrap())];
     client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let k = KeyPair::generate().unwrap();
     write_pair(dir, "client", &client.signed_by(&k, &issuer).unwrap().pem(), &k.serialize_pem());
@@ -74,7 +77,9 @@ fn main() {
     let cfg = dir.path().join("agent.toml");
     std::fs::write(
         &cfg,
-        "listen = \"127.0.0.1:0\"\n[tls]\nca = \"ca.pem\"\ncert = \"agent.pem\"\nkey = \"agent.key\"\n[metadata]\nenabled = false\n[auth_log]\npaths = [\"/nonexistent/auth.log\"]\n",
+        format!("state_dir = \"{}\"\n", dir.path().join("state").display()) + "listen = \"127.0.0.1:0\"\n[tls]\nca = \"ca.pem\"\ncert = \"agent.pem\"\nkey = \"agent.key\"\n[metadata]\nenabled = false\n[auth_log]\npaths = [\"/nonexistent/auth.log\"]\n\
+         [[actions]]\nname = \"hello\"\nargv = [\"echo\", \"hello\"]\n\
+         [[actions]]\nname = \"flood\"\nargv = [\"sh\", \"-c\", \"yes 0123456789012345678901234567890123456789012345678901234567890123456789 | head -c 100000000\"]\n",
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
@@ -144,6 +149,67 @@ fn main() {
             rss_end,
             max,
             samples
+        );
+
+        // Jobs: start-to-first-output, then a 100 MB output through a watch.
+        let start_req = |name: &str| ops_proto::v1::StartJobRequest {
+            spec: Some(ops_proto::v1::JobSpec {
+                kind: Some(ops_proto::v1::job_spec::Kind::RunAction(ops_proto::v1::RunAction { name: name.into() })),
+            }),
+            idempotency_key: String::new(),
+            timeout_seconds: 0,
+            queue_if_busy: true,
+        };
+        let mut firsts = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            let job = client.start_job(start_req("hello")).await.unwrap().into_inner();
+            let mut w = client
+                .watch_job(ops_proto::v1::WatchJobRequest { job_id: job.id, from_offset: 0 })
+                .await
+                .unwrap()
+                .into_inner();
+            // The first chunk carrying the action's own output.
+            loop {
+                match w.next().await {
+                    Some(Ok(ops_proto::v1::JobEvent { event: Some(ops_proto::v1::job_event::Event::Output(c)) }))
+                        if c.data.windows(6).any(|x| x == b"hello\n") => break,
+                    Some(Ok(ops_proto::v1::JobEvent { event: Some(ops_proto::v1::job_event::Event::Finished(_)) })) | None => break,
+                    _ => {}
+                }
+            }
+            firsts.push(t.elapsed().as_secs_f64() * 1000.0);
+            while w.next().await.is_some() {}
+        }
+        println!("job start-to-first-output (start RPC + watch, `echo hello`): median {:.2} ms over 20 jobs", median(firsts));
+
+        let rss_before = rss_kb(pid);
+        let t = Instant::now();
+        let job = client.start_job(start_req("flood")).await.unwrap().into_inner();
+        let mut w = client
+            .watch_job(ops_proto::v1::WatchJobRequest { job_id: job.id, from_offset: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        let (mut bytes, mut max_rss) = (0u64, 0u64);
+        let mut chunks = 0u64;
+        while let Some(ev) = w.next().await {
+            if let Some(ops_proto::v1::job_event::Event::Output(c)) = ev.unwrap().event {
+                bytes += c.data.len() as u64;
+                chunks += 1;
+                if chunks % 64 == 0 {
+                    max_rss = max_rss.max(rss_kb(pid));
+                }
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "100 MB job watched live: {} bytes in {secs:.2} s = {:.0} MB/s; agent RSS {} KiB before, max {} KiB during, {} KiB after",
+            bytes,
+            bytes as f64 / secs / 1e6,
+            rss_before,
+            max_rss,
+            rss_kb(pid)
         );
     });
     let _ = child.kill();

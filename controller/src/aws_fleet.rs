@@ -163,8 +163,7 @@ mod tests {
 
     #[test]
     fn shared_names_get_the_instance_id_and_undiallable_instances_are_named() {
-        let mut fleet = FleetConfig::default();
-        fleet.address = "tag:Agent".into();
+        let fleet = FleetConfig { address: "tag:Agent".into(), ..Default::default() };
         let a = instance("i-a", Some("web"), &[("Agent", "127.0.0.1:1")]);
         let b = instance("i-b", Some("web"), &[("Agent", "127.0.0.1:2")]);
         let c = instance("i-c", None, &[]);
