@@ -38,8 +38,9 @@ fn main() {
         println!("{}: ok", args.config.display());
         return;
     }
-    // Two workers are plenty for an agent and keep its memory small.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(8).enable_all().build() {
+    // Two workers and two blocking threads are plenty for an agent, and every extra
+    // thread can bring its own malloc arena: fewer threads keep the RSS small.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
