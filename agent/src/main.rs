@@ -38,9 +38,10 @@ fn main() {
         println!("{}: ok", args.config.display());
         return;
     }
-    // Two workers and two blocking threads are plenty for an agent, and every extra
+    // Two workers and four blocking threads (a long cleanup walk or auth-log scan must not
+    // stall the collectors) are plenty for an agent; every extra
     // thread can bring its own malloc arena: fewer threads keep the RSS small.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(4).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
