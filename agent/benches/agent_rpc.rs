@@ -7,6 +7,7 @@
 //!
 //! `cargo bench -p agent --bench agent_rpc`; `AGENT_BENCH_STREAM_SECS` sets the stream
 //! duration (default 600 s, the 10 minutes the issue asks for).
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -197,7 +198,7 @@ fn main() {
             if let Some(ops_proto::v1::job_event::Event::Output(c)) = ev.unwrap().event {
                 bytes += c.data.len() as u64;
                 chunks += 1;
-                if chunks % 64 == 0 {
+                if chunks.is_multiple_of(64) {
                     max_rss = max_rss.max(rss_kb(pid));
                 }
             }

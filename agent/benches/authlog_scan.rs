@@ -2,6 +2,7 @@
 //! auth log of ~1 GiB (`AUTHLOG_BENCH_BYTES` to change it), next to `grep -c` and `rg -c`
 //! on the same file. Run with `cargo bench -p agent --bench authlog_scan`. It measures
 //! only; it checks nothing but that the scan counted exactly the failures it wrote.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::error::Error;
 use std::fs::File;

@@ -65,6 +65,7 @@ fn parse_response(buf: &[u8]) -> Result<String, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

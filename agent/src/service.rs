@@ -160,11 +160,7 @@ pub fn caller<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
 /// The caller, if its role allows at least `needed`.
 pub fn authorize<T>(req: &Request<T>, needed: Role, what: &str) -> Result<PeerIdentity, Status> {
     let who = caller(req)?;
-    let allowed = match (who.role, needed) {
-        (Some(Role::Operator), _) => true,
-        (Some(Role::Viewer), Role::Viewer) => true,
-        _ => false,
-    };
+    let allowed = matches!((who.role, needed), (Some(Role::Operator), _) | (Some(Role::Viewer), Role::Viewer));
     if allowed {
         Ok(who)
     } else {

@@ -224,6 +224,7 @@ mod humantime_serde_compat {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

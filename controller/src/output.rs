@@ -92,6 +92,7 @@ pub fn human_duration(secs: u64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -201,6 +201,7 @@ pub fn issue_agent(dir: &Path, name: &str, ips: &[IpAddr], dns: &[String], force
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

@@ -1,5 +1,6 @@
 //! Over the wire: auth failures read incrementally from the configured log, and the
 //! standard gRPC health service on the agent's own (mTLS) listener.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::io::Write;
 use std::time::Duration;

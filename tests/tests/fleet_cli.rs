@@ -1,6 +1,7 @@
 //! The controller binary against real agent processes: `fleet ping` with a live and a
 //! dead host (table and JSON), `diag --count` JSON lines, and the agent's graceful
 //! shutdown on SIGTERM.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::path::PathBuf;
 use std::process::Command;

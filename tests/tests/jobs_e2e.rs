@@ -2,6 +2,7 @@
 //! connection is cut mid-way reattaches and resumes from its offset with every line
 //! exactly once, an agent killed mid-job brings the job back `interrupted` after a
 //! restart, and a viewer may not start jobs (and the refusal is audited).
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::io::Write;
 use std::process::Command;

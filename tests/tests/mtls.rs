@@ -1,6 +1,7 @@
 //! Mutual TLS at the agent's door: only clients with a certificate from the fleet CA
 //! get in, the controller verifies the agent's name and validity, and the role in the
 //! certificate decides what a caller may do.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::time::Duration;
 

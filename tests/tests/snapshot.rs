@@ -1,6 +1,7 @@
 //! Snapshots over the wire: a busy process shows at the top with a CPU figure that
 //! reflects its load, memory totals match /proc/meminfo, and streams keep their
 //! interval and stop producing when the client goes away.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::process::{Child, Command};
 use std::sync::atomic::Ordering;

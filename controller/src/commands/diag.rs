@@ -31,7 +31,7 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
             "memory_percent": round2(p.memory_percent), "state": p.state, "threads": p.threads,
         })
     };
-    let m = s.memory.clone().unwrap_or_default();
+    let m = s.memory.unwrap_or_default();
     let l = s.load.unwrap_or_default();
     json!({
         "hostname": s.hostname,
@@ -77,7 +77,7 @@ fn round2(v: f64) -> f64 {
 
 /// The screen a person reads.
 pub fn render(s: &Snapshot, host: &str) -> String {
-    let m = s.memory.clone().unwrap_or_default();
+    let m = s.memory.unwrap_or_default();
     let l = s.load.unwrap_or_default();
     let mut out = format!(
         "{host} ({})  cpu {:.1}% of {} cores over {} ms  load {:.2} {:.2} {:.2}  processes {}\n",

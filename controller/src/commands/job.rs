@@ -373,6 +373,7 @@ pub fn render_list(jobs: &[Job]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
