@@ -52,6 +52,14 @@ pub struct TlsSection {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// How often the three files are checked for changes (a changed set is loaded
+    /// without a restart; a broken one is logged and the previous one kept).
+    #[serde(default = "default_reload_seconds")]
+    pub reload_check_seconds: u64,
+}
+
+fn default_reload_seconds() -> u64 {
+    10
 }
 
 /// `[auth_log]`: where failed logins are read from.
@@ -178,6 +186,9 @@ impl AgentConfig {
             if !p.is_file() {
                 return Err(format!("{key} = {}: no such file", p.display()));
             }
+        }
+        if self.tls.reload_check_seconds == 0 || self.tls.reload_check_seconds > 86_400 {
+            return Err("tls.reload_check_seconds must be between 1 and 86400".into());
         }
         if self.auth_log.paths.is_empty() {
             return Err("auth_log.paths must name at least one file".into());

@@ -30,8 +30,6 @@ const MAX_PENDING_HANDSHAKES: usize = 256;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight calls may run after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// How often certificate files are checked for changes.
-const RELOAD_CHECK: Duration = Duration::from_secs(10);
 
 /// Counters that tests and operators can read.
 #[derive(Debug, Default)]
@@ -171,7 +169,8 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, ServeError> {
 
     let (conn_tx, conn_rx) = mpsc::channel::<Result<PeerStream, std::io::Error>>(ACCEPTED_QUEUE);
     tokio::spawn(accept_loop(listener, tls_state.clone(), conn_tx, stats.clone(), shutdown_rx.clone()));
-    tokio::spawn(reload_loop(tls_state, stats.clone(), shutdown_rx.clone()));
+    let reload_every = Duration::from_secs(cfg.tls.reload_check_seconds);
+    tokio::spawn(reload_loop(tls_state, reload_every, stats.clone(), shutdown_rx.clone()));
 
     let mut drain_rx = shutdown_rx.clone();
     let task = tokio::spawn(async move {
@@ -256,8 +255,8 @@ async fn accept_loop(
     }
 }
 
-async fn reload_loop(tls_state: Arc<TlsState>, stats: Arc<Stats>, shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(RELOAD_CHECK);
+async fn reload_loop(tls_state: Arc<TlsState>, every: Duration, stats: Arc<Stats>, shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -159,3 +159,42 @@ async fn agent_refuses_tls12_clients() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn agent_loads_a_new_certificate_without_restart() {
+    tokio::time::timeout(T, async {
+        let pki = TestPki::new();
+        let live = pki.agent_cert("live", &["localhost"], None);
+        let text = e2e::support::agent::config_text(&pki, &live, "127.0.0.1:0", "", "").replace(
+            "[metadata]",
+            "reload_check_seconds = 1\n[metadata]",
+        );
+        let path = e2e::support::agent::write_config(&pki, "reloading", &text);
+        let agent = agent::server::start(agent::config::AgentConfig::load(&path).unwrap()).await.unwrap();
+        let mut renamed = host("a", agent.local_addr());
+        renamed.server_name = "reloaded.test".into();
+        assert_eq!(
+            try_call(pki.operator_config(), renamed.clone()).await.unwrap_err().kind,
+            FailureKind::ServerCertificateInvalid
+        );
+        // Rotate the agent's certificate in place, as a renewal job would.
+        let next = pki.agent_cert("next", &["reloaded.test"], None);
+        std::fs::copy(&next.cert, &live.cert).unwrap();
+        std::fs::copy(&next.key, &live.key).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match try_call(pki.operator_config(), renamed.clone()).await {
+                Ok(role) => {
+                    assert_eq!(role, "operator");
+                    break;
+                }
+                Err(e) => assert!(std::time::Instant::now() < deadline, "new certificate never served: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(agent.stats().tls_reloads.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
