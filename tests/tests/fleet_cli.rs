@@ -115,3 +115,35 @@ fn agent_rejects_invalid_config_before_binding() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("auth_log.paths"), "{err}");
 }
+
+#[test]
+fn fleet_ping_names_timeouts_and_rejected_certificates() {
+    let pki = TestPki::new();
+    let agent = start_agent(&pki);
+    // A peer that accepts TCP and then says nothing: the TLS handshake never completes.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let mut text = std::fs::read_to_string(controller_config(&pki, &[("web-1", agent.addr.to_string())])).unwrap();
+    text = text.replace("connect_timeout = \"2s\"", "connect_timeout = \"1s\"");
+    text.push_str(&format!("[[fleet.hosts]]\nname = \"hung\"\naddress = \"{silent_addr}\"\nserver_name = \"localhost\"\n"));
+    // The live agent, dialled under a name its certificate does not carry.
+    text.push_str(&format!("[[fleet.hosts]]\nname = \"impostor\"\naddress = \"{}\"\nserver_name = \"db-1.internal\"\n", agent.addr));
+    let cfg = pki.path().join("controller-3.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let started = std::time::Instant::now();
+    let (code, out, err) = controller(&cfg, &["--output", "json", "fleet", "ping"]);
+    assert_eq!(code, 1, "stderr: {err}");
+    // Hosts are pinged concurrently: one hung host costs its timeout once, not per host.
+    assert!(started.elapsed() < std::time::Duration::from_secs(8), "took {:?}", started.elapsed());
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let by_name = |n: &str| rows.as_array().unwrap().iter().find(|r| r["name"] == n).unwrap().clone();
+    assert_eq!(by_name("web-1")["reachable"], true);
+    let hung = by_name("hung");
+    assert_eq!(hung["reachable"], false);
+    assert!(hung["error"].as_str().unwrap().starts_with("timed out"), "{}", hung["error"]);
+    let impostor = by_name("impostor");
+    assert_eq!(impostor["reachable"], false);
+    let e = impostor["error"].as_str().unwrap();
+    assert!(e.starts_with("agent certificate invalid") && e.contains("does not match the expected name"), "{e}");
+    drop(silent);
+}
