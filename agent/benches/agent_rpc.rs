@@ -83,7 +83,11 @@ fn main() {
          [[actions]]\nname = \"flood\"\nargv = [\"sh\", \"-c\", \"yes 0123456789012345678901234567890123456789012345678901234567890123456789 | head -c 100000000\"]\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
+    // AGENT_BENCH_BIN measures another build of the agent (scripts/bench-agent passes the
+    // `dist` profile's, the one hosts run); by default the bench profile's.
+    let bin = std::env::var("AGENT_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_agent").to_string());
+    println!("agent binary: {bin} ({} bytes)", std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0));
+    let mut child = Command::new(&bin)
         .arg("--config")
         .arg(&cfg)
         .env("RUST_LOG", "warn")
