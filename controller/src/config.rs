@@ -69,10 +69,10 @@ pub struct FleetConfig {
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// TCP connect plus TLS handshake deadline, e.g. "3s".
-    #[serde(default = "default_connect_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_connect_timeout", with = "duration_text")]
     pub connect_timeout: std::time::Duration,
     /// Deadline of each unary call to an agent, e.g. "30s".
-    #[serde(default = "default_request_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_request_timeout", with = "duration_text")]
     pub request_timeout: std::time::Duration,
 }
 
@@ -212,8 +212,8 @@ impl ControllerConfig {
     }
 }
 
-/// Durations written as "3s", "500ms", "1m" in the config file.
-mod humantime_serde_compat {
+/// Durations written as "3s", "500ms", "1m" in the config file (`#[serde(with = ...)]`).
+pub(crate) mod duration_text {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 

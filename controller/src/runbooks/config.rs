@@ -62,7 +62,7 @@ pub struct RunbooksConfig {
     /// The name sent in the TLS handshake (SNI) to the HTTPS endpoint.
     pub tls_server_name: String,
     /// Deadline of each HTTP and TLS probe, e.g. "10s".
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::config::duration_text")]
     pub http_timeout: Duration,
     /// More failed logins than this is an action item.
     pub failed_login_threshold: u64,
@@ -155,17 +155,6 @@ impl RunbooksConfig {
             }
         }
         Ok(())
-    }
-}
-
-/// Durations written as "10s", "500ms" in the config file.
-mod duration_text {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
     }
 }
 
