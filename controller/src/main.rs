@@ -22,10 +22,24 @@ fn main() {
     let code = match runtime.block_on(controller::cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             2
         }
     };
     drop(runtime);
     std::process::exit(code);
+}
+
+/// The error and those of its causes that its own message does not already include
+/// (most of our errors name their cause in their message; some wrap it silently).
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }
