@@ -137,7 +137,7 @@ pub struct AwsConfig {
 /// A configuration that could not be loaded, with where and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {source} (choose the file with --config FILE or OPS_CONTROLLER_CONFIG)")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
