@@ -44,13 +44,22 @@ fn make_pki(dir: &std::path::Path) {
     write_pair(dir, "client", &client.signed_by(&k, &issuer).unwrap().pem(), &k.serialize_pem());
 }
 
-fn rss_kb(pid: u32) -> u64 {
+fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS:")
+}
+
+/// Heap and stacks: what a leak would grow (the rest is the binary's mapped code).
+fn anon_kb(pid: u32) -> u64 {
+    status_kb(pid, "RssAnon:")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -100,6 +109,7 @@ fn main() {
     let pid = child.id();
     std::thread::sleep(Duration::from_secs(1));
     let rss_start = rss_kb(pid);
+    let anon_start = anon_kb(pid);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -125,7 +135,10 @@ fn main() {
             ),
             None => println!("snapshot RPC round trip: median {snap_ms:.2} ms over 100 calls (top not available)"),
         }
-        println!("agent RSS: {} KiB after start, {} KiB after 100 snapshot calls", rss_start, rss_after_calls);
+        println!(
+            "agent RSS: {} KiB after start ({} KiB anonymous), {} KiB after 100 snapshot calls ({} KiB anonymous)",
+            rss_start, anon_start, rss_after_calls, anon_kb(pid)
+        );
 
         let mut stream = client
             .stream_snapshots(StreamSnapshotsRequest { interval_ms: 100, top_n: 10, max_count: 0 })
@@ -142,14 +155,14 @@ fn main() {
                 other => panic!("stream ended: {other:?}"),
             }
             if start.elapsed() >= next_report {
-                samples.push((start.elapsed().as_secs(), rss_kb(pid)));
+                samples.push((start.elapsed().as_secs(), rss_kb(pid), anon_kb(pid)));
                 next_report += Duration::from_secs((stream_secs / 10).max(10));
             }
         }
         let rss_end = rss_kb(pid);
         let max = samples.iter().map(|s| s.1).max().unwrap_or(rss_end).max(rss_end);
         println!(
-            "10 Hz stream for {stream_secs} s: {received} snapshots; RSS {} KiB at 10 s, {} KiB at end, max {} KiB; samples (s, KiB): {:?}",
+            "10 Hz stream for {stream_secs} s: {received} snapshots; RSS {} KiB at 10 s, {} KiB at end, max {} KiB; samples (s, RSS KiB, anonymous KiB): {:?}",
             samples.first().map(|s| s.1).unwrap_or(rss_end),
             rss_end,
             max,
