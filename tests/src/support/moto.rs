@@ -68,6 +68,9 @@ impl Moto {
             }
             None => Command::new(&server),
         };
+        // Its own process group: faketime runs moto as a child of its own, and Drop must
+        // take down the whole group, not just the process it started.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .current_dir(dir.path())
@@ -154,6 +157,9 @@ pub async fn sdk_config_for(endpoint: &str) -> SdkConfig {
 
 impl Drop for Moto {
     fn drop(&mut self) {
+        if let Some(pgid) = i32::try_from(self.child.id()).ok().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
