@@ -78,15 +78,13 @@ impl Dialer {
 /// connection; an error status from the agent keeps its code and message.
 pub fn call_error(status: &tonic::Status) -> ConnectError {
     use tonic::Code;
+    let transport_failure = std::error::Error::source(status).is_some();
     match status.code() {
-        Code::Unavailable | Code::Unknown | Code::Internal if std::error::Error::source(status).is_some() => {
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled if transport_failure => {
             ConnectError::classify(status)
         }
-        Code::DeadlineExceeded | Code::Cancelled if status.message().contains("timeout") || status.code() == Code::DeadlineExceeded => {
-            ConnectError::new(FailureKind::TimedOut, status.message().to_string())
-        }
-        Code::PermissionDenied => ConnectError::new(FailureKind::Protocol, format!("permission denied: {}", status.message())),
-        code => ConnectError::new(FailureKind::Protocol, format!("{}: {}", code_name(code), status.message())),
+        Code::DeadlineExceeded => ConnectError::new(FailureKind::TimedOut, status.message().to_string()),
+        code => ConnectError::new(FailureKind::Agent, format!("{}: {}", code_name(code), status.message())),
     }
 }
 

@@ -257,6 +257,8 @@ pub enum FailureKind {
     Config,
     /// The connection dropped or the peer misbehaved.
     Protocol,
+    /// The agent answered, but refused the call or failed it (the detail says how).
+    Agent,
 }
 
 impl FailureKind {
@@ -270,6 +272,7 @@ impl FailureKind {
             FailureKind::Unreachable => "unreachable",
             FailureKind::Config => "invalid target",
             FailureKind::Protocol => "connection failed",
+            FailureKind::Agent => "agent error",
         }
     }
 }

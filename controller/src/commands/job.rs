@@ -238,7 +238,7 @@ pub async fn start(dialer: &Dialer, host: &Host, req: StartJobRequest) -> Result
         }
         tokio::time::sleep(retry_delay(attempt)).await;
     }
-    Err(wrap(last.unwrap_or_else(|| ops_proto::tls::ConnectError::new(ops_proto::tls::FailureKind::Protocol, "no answer"))))
+    Err(wrap(last.unwrap_or_else(|| ops_proto::tls::ConnectError::new(ops_proto::tls::FailureKind::Protocol, "no answer from the agent"))))
 }
 
 /// Follows a job's output from `offset` to its end, writing output to `out`;
