@@ -18,7 +18,12 @@ use crate::runbooks::{self, Which};
 
 /// Drives the fleet's agents over mutual TLS and runs the operational runbooks.
 #[derive(Debug, Parser)]
-#[command(name = "controller", version, about)]
+#[command(
+    name = "controller",
+    version,
+    about,
+    after_help = "Exit codes: 0 all good; 1 a check failed, a job did not succeed or a host did not answer; 2 the command could not run (configuration, AWS unreachable, unknown host)."
+)]
 pub struct Cli {
     /// Controller configuration file (TOML).
     #[arg(long, global = true, env = "OPS_CONTROLLER_CONFIG", default_value = "controller.toml")]
