@@ -53,6 +53,15 @@ fn status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time the process has used (user + system), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat are 12 and 13 after the command name.
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
 fn rss_kb(pid: u32) -> u64 {
     status_kb(pid, "VmRSS:")
 }
@@ -146,6 +155,7 @@ fn main() {
             .unwrap()
             .into_inner();
         let start = Instant::now();
+        let ticks_start = cpu_ticks(pid);
         let mut received = 0u64;
         let mut samples = Vec::new();
         let mut next_report = Duration::from_secs(10);
@@ -160,6 +170,13 @@ fn main() {
             }
         }
         let rss_end = rss_kb(pid);
+        // USER_HZ is 100 on Linux x86_64 and aarch64.
+        let cpu_secs = (cpu_ticks(pid) - ticks_start) as f64 / 100.0;
+        println!(
+            "agent CPU during the 10 Hz stream: {:.1} % of one core ({cpu_secs:.1} s over {:.0} s)",
+            100.0 * cpu_secs / start.elapsed().as_secs_f64(),
+            start.elapsed().as_secs_f64()
+        );
         let max = samples.iter().map(|s| s.1).max().unwrap_or(rss_end).max(rss_end);
         println!(
             "10 Hz stream for {stream_secs} s: {received} snapshots; RSS {} KiB at 10 s, {} KiB at end, max {} KiB; samples (s, RSS KiB, anonymous KiB): {:?}",

@@ -32,6 +32,10 @@ const MIN_CPU_WINDOW: Duration = Duration::from_millis(100);
 const MAX_CPU_WINDOW: Duration = Duration::from_secs(10);
 /// CPU window when no baseline is available and the caller did not choose one.
 const DEFAULT_CPU_WINDOW: Duration = Duration::from_millis(250);
+/// How long a stream reuses its connection counts and listening sockets: reading the
+/// kernel's socket tables is most of a snapshot's cost, and a 10 Hz incident view must
+/// not add 10 table walks a second to a struggling host.
+const NET_REFRESH: Duration = Duration::from_secs(1);
 /// Baselines kept for the unary snapshot.
 const BASELINES: usize = 2;
 const DEFAULT_TOP_N: usize = 10;
@@ -273,6 +277,12 @@ impl Agent for AgentService {
     }
 }
 
+/// Whether a stream may reuse socket tables read `age` ago: only while they would still
+/// be under NET_REFRESH old halfway to the next tick, so a 1 Hz stream always reads fresh.
+fn net_view_still_fresh(age: Duration, interval: Duration) -> bool {
+    age + interval / 2 < NET_REFRESH
+}
+
 /// The producer of one snapshot stream. Stops when the caller goes away (send fails or
 /// the channel closes), after `max_count`, or on shutdown; never buffers more than
 /// STREAM_BUFFER snapshots.
@@ -294,6 +304,7 @@ async fn produce_snapshots(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent = 0u32;
     let mut dropped = 0u64;
+    let mut net: Option<(tokio::time::Instant, collect::NetView)> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -308,7 +319,16 @@ async fn produce_snapshots(
             }
         };
         let (p, c) = (prev.clone(), cur.clone());
-        let snap = blocking(move || collect::build_snapshot(&p, &c, top_n)).await;
+        // Refresh when the cached view would be a second old by the next tick's midpoint.
+        let reuse = net
+            .as_ref()
+            .filter(|(at, _)| net_view_still_fresh(at.elapsed(), interval))
+            .map(|(_, view)| view.clone());
+        let fresh = reuse.is_none();
+        let snap = blocking(move || collect::build_snapshot_with(&p, &c, top_n, reuse)).await;
+        if let (true, Ok(s)) = (fresh, &snap) {
+            net = Some((tokio::time::Instant::now(), collect::NetView::of(s)));
+        }
         prev = cur;
         let snap = snap.map(|mut s| {
             s.dropped_snapshots = dropped;
@@ -322,5 +342,21 @@ async fn produce_snapshots(
         if max_count > 0 && sent >= max_count {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_streams_reuse_socket_tables_for_under_a_second_and_slow_ones_never() {
+        let ms = Duration::from_millis;
+        assert!(net_view_still_fresh(ms(100), ms(100)));
+        assert!(net_view_still_fresh(ms(900), ms(100)));
+        assert!(!net_view_still_fresh(ms(950), ms(100)));
+        // At 1 Hz or slower every snapshot reads the tables.
+        assert!(!net_view_still_fresh(ms(1000), ms(1000)));
+        assert!(!net_view_still_fresh(ms(500), ms(1000)));
     }
 }

@@ -96,6 +96,32 @@ pub fn build_snapshot(
     cur: &RawSample,
     top_n: usize,
 ) -> Result<Snapshot, CollectError> {
+    build_snapshot_with(prev, cur, top_n, None)
+}
+
+/// Connection counts and listening sockets: the costly part of a snapshot, which a fast
+/// stream reuses for up to a second instead of walking the kernel's tables every tick.
+#[derive(Debug, Clone, Default)]
+pub struct NetView {
+    pub connections: Vec<ops_proto::v1::ConnectionStateCount>,
+    pub listening: Vec<ops_proto::v1::ListeningSocket>,
+}
+
+impl NetView {
+    /// The network part of a snapshot already built.
+    pub fn of(s: &Snapshot) -> NetView {
+        NetView { connections: s.connections.clone(), listening: s.listening.clone() }
+    }
+}
+
+/// Like [`build_snapshot`], but with `net` given: the socket tables are read only when
+/// it is `None`.
+pub fn build_snapshot_with(
+    prev: &RawSample,
+    cur: &RawSample,
+    top_n: usize,
+    net: Option<NetView>,
+) -> Result<Snapshot, CollectError> {
     let meminfo_text = read_required(PROC_MEMINFO)?;
     let mem = memory::parse_meminfo(&meminfo_text).ok_or_else(|| CollectError::Parse {
         path: PathBuf::from(PROC_MEMINFO),
@@ -116,7 +142,13 @@ pub fn build_snapshot(
         top_n,
         mem.total,
     );
-    let (connections, listening) = net::collect(cur.processes.iter().map(|p| p.pid));
+    let NetView { connections, listening } = match net {
+        Some(view) => view,
+        None => {
+            let (connections, listening) = net::collect(cur.processes.iter().map(|p| p.pid));
+            NetView { connections, listening }
+        }
+    };
 
     Ok(Snapshot {
         taken_at_unix_ms: unix_ms(cur.taken_wall),
