@@ -359,4 +359,23 @@ mod tests {
         assert!(!net_view_still_fresh(ms(1000), ms(1000)));
         assert!(!net_view_still_fresh(ms(500), ms(1000)));
     }
+
+    #[tokio::test]
+    async fn a_consumer_that_stops_reading_gets_drops_counted_not_buffered() {
+        let (tx, mut rx) = mpsc::channel(STREAM_BUFFER);
+        let (_stop, shutdown) = watch::channel(false);
+        let producer = tokio::spawn(produce_snapshots(tx, MIN_STREAM_INTERVAL, 1, 0, shutdown));
+        // Read nothing while about ten snapshots are produced: only STREAM_BUFFER can wait.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut queued = 0;
+        while let Ok(s) = rx.try_recv() {
+            s.unwrap();
+            queued += 1;
+        }
+        assert_eq!(queued, STREAM_BUFFER);
+        let next = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap().unwrap();
+        assert!(next.dropped_snapshots >= 3, "dropped {}", next.dropped_snapshots);
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(5), producer).await.unwrap().unwrap();
+    }
 }
