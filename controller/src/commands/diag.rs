@@ -159,28 +159,81 @@ pub async fn run(dialer: &Dialer, host: &Host, opts: &DiagOptions, out: &mut dyn
         emit(&snap, host, opts.output, false, out)?;
         return Ok(1);
     }
-    let mut client = dialer.connect_streaming(host).await.map_err(wrap)?;
     let interval_ms = u32::try_from(opts.interval.as_millis()).unwrap_or(u32::MAX).max(100);
-    let mut stream = client
-        .stream_snapshots(StreamSnapshotsRequest { interval_ms, top_n: opts.top, max_count: opts.count.unwrap_or(0) })
-        .await
-        .map_err(|s| wrap(call_error(&s)))?
-        .into_inner();
-    let mut shown = 0;
+    let mut shown = 0u32;
+    // Failures in a row without a snapshot in between; the view reconnects by itself (an
+    // agent restart or a network blip must not end an incident view) up to this bound.
+    let mut failures = 0u32;
     loop {
-        tokio::select! {
-            item = stream.next() => match item {
-                Some(Ok(snap)) => {
-                    emit(&snap, host, opts.output, interactive, out)?;
-                    shown += 1;
-                }
-                Some(Err(status)) => return Err(wrap(call_error(&status))),
-                None => break,
-            },
-            _ = tokio::signal::ctrl_c() => break,
+        let remaining = opts.count.map(|c| c.saturating_sub(shown));
+        if remaining == Some(0) {
+            return Ok(shown);
         }
+        let attempt = async {
+            let mut client = dialer.connect_streaming(host).await?;
+            let req = StreamSnapshotsRequest { interval_ms, top_n: opts.top, max_count: remaining.unwrap_or(0) };
+            client.stream_snapshots(req).await.map(|r| r.into_inner()).map_err(|s| call_error(&s))
+        };
+        let mut stream = tokio::select! {
+            r = attempt => match r {
+                Ok(s) => s,
+                // Only a view that was already running reconnects; a host that is down
+                // from the start is reported at once.
+                Err(e) if is_retryable(&e) && shown > 0 && failures < MAX_RECONNECTS => {
+                    failures += 1;
+                    reconnect_note(host, &e.to_string(), failures);
+                    tokio::time::sleep(crate::commands::job::retry_delay(failures)).await;
+                    continue;
+                }
+                Err(e) => return Err(wrap(e)),
+            },
+            _ = tokio::signal::ctrl_c() => return Ok(shown),
+        };
+        let ended = loop {
+            tokio::select! {
+                item = stream.next() => match item {
+                    Some(Ok(snap)) => {
+                        emit(&snap, host, opts.output, interactive, out)?;
+                        shown += 1;
+                        failures = 0;
+                    }
+                    Some(Err(status)) => break Some(call_error(&status)),
+                    None => break None,
+                },
+                _ = tokio::signal::ctrl_c() => return Ok(shown),
+            }
+        };
+        match ended {
+            // The agent ended the stream: the count was reached (or it is shutting down).
+            None if opts.count.is_some_and(|c| shown >= c) => return Ok(shown),
+            None => {}
+            Some(e) if !is_retryable(&e) => return Err(wrap(e)),
+            Some(_) => {}
+        }
+        failures += 1;
+        if failures > MAX_RECONNECTS {
+            return Err(wrap(ops_proto::tls::ConnectError::new(
+                ops_proto::tls::FailureKind::Protocol,
+                format!("the snapshot stream broke {failures} times in a row"),
+            )));
+        }
+        let why = ended.map(|e| e.to_string()).unwrap_or_else(|| "the agent ended the stream".into());
+        reconnect_note(host, &why, failures);
+        tokio::time::sleep(crate::commands::job::retry_delay(failures)).await;
     }
-    Ok(shown)
+}
+
+/// Reconnect attempts in a row, without a snapshot in between, before diag gives up.
+const MAX_RECONNECTS: u32 = 8;
+
+/// Failures that a later attempt may not see: the agent restarting, a dropped link.
+fn is_retryable(e: &ops_proto::tls::ConnectError) -> bool {
+    use ops_proto::tls::FailureKind as K;
+    matches!(e.kind, K::Refused | K::TimedOut | K::Unreachable | K::Protocol)
+}
+
+fn reconnect_note(host: &Host, why: &str, failures: u32) {
+    eprintln!("{}: {why}; reconnecting ({failures}/{MAX_RECONNECTS})", host.name);
 }
 
 fn emit(snap: &Snapshot, host: &Host, format: OutputFormat, clear: bool, out: &mut dyn Write) -> std::io::Result<()> {
