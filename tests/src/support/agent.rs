@@ -90,9 +90,18 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `target/<profile>/agent --config PATH` and waits for its "listening on" line.
     pub fn start(config: &Path) -> AgentProcess {
+        Self::start_in(config, None)
+    }
+
+    /// Like `start`, inside network namespace `ns` when given (see `support::netns`).
+    pub fn start_in(config: &Path, ns: Option<&str>) -> AgentProcess {
         let stderr_log = config.with_extension("stderr.log");
         let stderr = std::fs::File::create(&stderr_log).expect("stderr log");
-        let mut child = Command::new(super::binary("agent"))
+        let mut cmd = match ns {
+            Some(ns) => super::netns::Lab::command_in(ns, &super::binary("agent")),
+            None => Command::new(super::binary("agent")),
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info")

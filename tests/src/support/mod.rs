@@ -7,6 +7,7 @@ pub mod certs;
 pub mod mariadb;
 pub mod proxy;
 pub mod moto;
+pub mod netns;
 pub mod web;
 
 use std::net::TcpListener;
