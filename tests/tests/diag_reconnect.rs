@@ -3,8 +3,6 @@
 //! host that is down from the start is reported at once.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use controller::commands::diag::{self, DiagOptions};
@@ -12,26 +10,9 @@ use controller::output::OutputFormat;
 use e2e::support::agent::{dialer, host, spawn_in_process};
 use e2e::support::certs::TestPki;
 use e2e::support::proxy::Proxy;
+use e2e::support::LineCounter;
 
 const T: Duration = Duration::from_secs(60);
-
-/// Collects output and reports how many lines have arrived.
-struct Lines {
-    buf: Arc<Mutex<Vec<u8>>>,
-    count: tokio::sync::watch::Sender<usize>,
-}
-
-impl Write for Lines {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let mut b = self.buf.lock().unwrap();
-        b.extend_from_slice(data);
-        let _ = self.count.send(b.iter().filter(|c| **c == b'\n').count());
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn follow(count: u32) -> DiagOptions {
     DiagOptions { follow: true, interval: Duration::from_millis(100), top: 3, count: Some(count), output: OutputFormat::Json }
@@ -45,18 +26,16 @@ async fn diag_follow_reconnects_after_a_dropped_connection_and_finishes_its_coun
         let proxy = Proxy::start(agent.local_addr()).await;
         let h = host("web-1", proxy.addr);
         let d = dialer(pki.operator_config());
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let (tx, mut rx) = tokio::sync::watch::channel(0usize);
+        let (mut w, mut rx) = LineCounter::new();
         let cutter = tokio::spawn(async move {
             rx.wait_for(|n| *n >= 4).await.unwrap();
             proxy.cut_all();
             proxy
         });
-        let mut w = Lines { buf: buf.clone(), count: tx };
         let shown = diag::run(&d, &h, &follow(12), &mut w).await.unwrap();
         let _proxy = cutter.await.unwrap();
         assert_eq!(shown, 12);
-        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        let text = w.text();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 12);
         let times: Vec<i64> = lines.iter().map(|l| l["taken_at_unix_ms"].as_i64().unwrap()).collect();

@@ -4,16 +4,14 @@
 //! restart, and a viewer may not start jobs (and the refusal is audited).
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::io::Write;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use controller::commands::job;
 use e2e::support::agent::{config_text, dialer, host, spawn_in_process, write_config, AgentProcess};
 use e2e::support::certs::TestPki;
 use e2e::support::proxy::Proxy;
-use e2e::support::binary;
+use e2e::support::{binary, LineCounter};
 use ops_proto::v1::{job_spec, JobSpec, JobState, RunAction, StartJobRequest};
 
 const T: Duration = Duration::from_secs(90);
@@ -85,24 +83,6 @@ fn controller_job_start_follows_output_and_ends_with_json_state() {
     assert!(listed.contains(&id) && listed.contains("succeeded"), "{listed}");
 }
 
-/// Collects output and reports how many lines have arrived.
-struct Progress {
-    buf: Arc<Mutex<Vec<u8>>>,
-    lines: tokio::sync::watch::Sender<usize>,
-}
-
-impl Write for Progress {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let mut b = self.buf.lock().unwrap();
-        b.extend_from_slice(data);
-        let _ = self.lines.send(b.iter().filter(|c| **c == b'\n').count());
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn watch_cut_mid_way_reattaches_and_gets_every_line_once() {
     tokio::time::timeout(T, async {
@@ -113,8 +93,7 @@ async fn watch_cut_mid_way_reattaches_and_gets_every_line_once() {
         let d = dialer(pki.operator_config());
         let started = job::start(&d, &h, run_action("count")).await.unwrap();
 
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let (tx, mut rx) = tokio::sync::watch::channel(0usize);
+        let (mut w, mut rx) = LineCounter::new();
         let cutter = tokio::spawn(async move {
             rx.wait_for(|n| *n >= 10).await.unwrap();
             proxy.cut_all();
@@ -122,11 +101,10 @@ async fn watch_cut_mid_way_reattaches_and_gets_every_line_once() {
             proxy.cut_all();
             proxy
         });
-        let mut w = Progress { buf: buf.clone(), lines: tx };
         let done = job::watch(&d, &h, &started.id, 0, &mut w).await.unwrap();
         let _proxy = cutter.await.unwrap();
         assert_eq!(done.state, JobState::Succeeded as i32);
-        let out = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        let out = w.text();
         expect_lines(&out, 40);
         assert_eq!(done.output_bytes, out.len() as u64);
         agent.shutdown().await.unwrap();

@@ -8,11 +8,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use chrono::{Local, NaiveDate, TimeZone};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use tempfile::TempDir;
 
+use super::timestamp::tests::local_ms;
 use super::{AuthLog, AuthLogError};
 
 /// 2026-11-30T00:00:00Z.
@@ -23,18 +23,6 @@ fn fixture(name: &str) -> Vec<u8> {
         .join("tests/fixtures/authlog")
         .join(name);
     fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
-}
-
-fn local_ms(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
-    let naive = NaiveDate::from_ymd_opt(y, mo, d)
-        .unwrap()
-        .and_hms_opt(h, mi, s)
-        .unwrap();
-    Local
-        .from_local_datetime(&naive)
-        .earliest()
-        .unwrap()
-        .timestamp_millis()
 }
 
 fn set_mtime(path: &Path, unix_ms: i64) {

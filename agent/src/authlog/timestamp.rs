@@ -225,13 +225,14 @@ fn local_minute_to_unix_ms(year: i32, s: &SyslogStamp) -> Option<i64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
 
-    fn local_ms(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
+    /// Unix ms of a local wall-clock time (also used by the file-level tests).
+    pub(in crate::authlog) fn local_ms(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
         let naive = NaiveDate::from_ymd_opt(y, mo, d)
             .unwrap()
             .and_hms_opt(h, mi, s)

@@ -101,6 +101,18 @@ pub struct ActionConfig {
 }
 
 impl ActionConfig {
+    /// An action that runs `argv` with the defaults: no cwd, env, timeout or user change.
+    pub fn new(name: &str, argv: &[&str]) -> ActionConfig {
+        ActionConfig {
+            name: name.into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            cwd: None,
+            env: BTreeMap::new(),
+            timeout_seconds: None,
+            run_as: None,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let name = &self.name;
         if name.is_empty()
@@ -320,14 +332,7 @@ mod tests {
 
     #[test]
     fn validation_names_the_problem() {
-        let a = |name: &str, argv: &[&str]| ActionConfig {
-            name: name.into(),
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            cwd: None,
-            env: BTreeMap::new(),
-            timeout_seconds: None,
-            run_as: None,
-        };
+        let a = ActionConfig::new;
         assert!(validate_actions(&[a("x", &[])])
             .unwrap_err()
             .contains("argv must not be empty"));

@@ -3,7 +3,6 @@
 //! sleeps) under a timeout.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,14 +77,7 @@ impl TestEnv {
 }
 
 pub fn action(name: &str, argv: &[&str]) -> ActionConfig {
-    ActionConfig {
-        name: name.into(),
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        cwd: None,
-        env: BTreeMap::new(),
-        timeout_seconds: None,
-        run_as: None,
-    }
+    ActionConfig::new(name, argv)
 }
 
 /// `sh -c SCRIPT` as an action.

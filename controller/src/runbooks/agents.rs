@@ -2,8 +2,12 @@
 //! (CPU, memory, disks, listening sockets), from every host at once within the dialer's
 //! concurrency. A host that does not answer is reported with the reason, never skipped.
 
+use std::future::Future;
+
 use chrono::{DateTime, Utc};
+use ops_proto::v1::agent_client::AgentClient;
 use ops_proto::v1::{AuthFailuresRequest, SnapshotRequest};
+use tonic::transport::Channel;
 use serde::Serialize;
 
 use crate::client::{call_error, Dialer};
@@ -55,60 +59,61 @@ pub struct Live {
 /// Failed logins since `since` from every host's agent.
 pub async fn auth_failures(dialer: &Dialer, hosts: &[Host], since: DateTime<Utc>, local_emulator: bool) -> Vec<HostAnswer<AuthSummary>> {
     let since_ms = since.timestamp_millis();
-    dialer
-        .fan_out(hosts, |d, h| async move {
-            let answer = async {
-                refuse_fake_address(h, local_emulator)?;
-                let mut c = d.connect(h).await.map_err(|e| e.to_string())?;
-                let a = c
-                    .get_auth_failures(AuthFailuresRequest { since_unix_ms: since_ms, top_n: TOP_N, rescan: false })
-                    .await
-                    .map_err(|s| call_error(&s).to_string())?
-                    .into_inner();
-                Ok(AuthSummary {
-                    total: a.total,
-                    failed_password: a.failed_password,
-                    invalid_user: a.invalid_user,
-                    failed_publickey: a.failed_publickey,
-                    top_users: a.top_users.into_iter().map(|n| (n.name, n.count)).collect(),
-                    top_sources: a.top_sources.into_iter().map(|n| (n.name, n.count)).collect(),
-                    incomplete: a.oldest_event_unix_ms > since_ms,
-                })
-            }
-            .await;
-            HostAnswer { host: h.name.clone(), instance_id: h.instance_id.clone(), answer }
+    ask_each(dialer, hosts, local_emulator, move |mut c| async move {
+        let a = c
+            .get_auth_failures(AuthFailuresRequest { since_unix_ms: since_ms, top_n: TOP_N, rescan: false })
+            .await?
+            .into_inner();
+        Ok(AuthSummary {
+            total: a.total,
+            failed_password: a.failed_password,
+            invalid_user: a.invalid_user,
+            failed_publickey: a.failed_publickey,
+            top_users: a.top_users.into_iter().map(|n| (n.name, n.count)).collect(),
+            top_sources: a.top_sources.into_iter().map(|n| (n.name, n.count)).collect(),
+            incomplete: a.oldest_event_unix_ms > since_ms,
         })
-        .await
-        .into_iter()
-        .map(|(_, a)| a)
-        .collect()
+    })
+    .await
 }
 
 /// A live snapshot from every host's agent.
 pub async fn live(dialer: &Dialer, hosts: &[Host], local_emulator: bool) -> Vec<HostAnswer<Live>> {
+    ask_each(dialer, hosts, local_emulator, |mut c| async move {
+        let s = c.get_snapshot(SnapshotRequest { top_n: 1, cpu_interval_ms: 0 }).await?.into_inner();
+        Ok(Live {
+            cpu_percent: s.cpu_percent,
+            memory_used_percent: s.memory.map(|m| m.used_percent).unwrap_or_default(),
+            filesystems: s.filesystems.into_iter().map(|f| (f.mount_point, f.used_percent)).collect(),
+            listening: s
+                .listening
+                .into_iter()
+                .map(|l| Listening { protocol: l.protocol, address: l.address, port: l.port, process: l.process })
+                .collect(),
+        })
+    })
+    .await
+}
+
+/// Connects to every host (never to an emulator's invented address) and asks it one
+/// thing; each host's answer or the named reason there was none, in fleet order.
+async fn ask_each<T, F, Fut>(dialer: &Dialer, hosts: &[Host], local_emulator: bool, ask: F) -> Vec<HostAnswer<T>>
+where
+    F: Fn(AgentClient<Channel>) -> Fut + Clone,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
     dialer
-        .fan_out(hosts, |d, h| async move {
-            let answer = async {
-                refuse_fake_address(h, local_emulator)?;
-                let mut c = d.connect(h).await.map_err(|e| e.to_string())?;
-                let s = c
-                    .get_snapshot(SnapshotRequest { top_n: 1, cpu_interval_ms: 0 })
-                    .await
-                    .map_err(|s| call_error(&s).to_string())?
-                    .into_inner();
-                Ok(Live {
-                    cpu_percent: s.cpu_percent,
-                    memory_used_percent: s.memory.map(|m| m.used_percent).unwrap_or_default(),
-                    filesystems: s.filesystems.into_iter().map(|f| (f.mount_point, f.used_percent)).collect(),
-                    listening: s
-                        .listening
-                        .into_iter()
-                        .map(|l| Listening { protocol: l.protocol, address: l.address, port: l.port, process: l.process })
-                        .collect(),
-                })
+        .fan_out(hosts, |d, h| {
+            let ask = ask.clone();
+            async move {
+                let answer = async {
+                    refuse_fake_address(h, local_emulator)?;
+                    let c = d.connect(h).await.map_err(|e| e.to_string())?;
+                    ask(c).await.map_err(|s| call_error(&s).to_string())
+                }
+                .await;
+                HostAnswer { host: h.name.clone(), instance_id: h.instance_id.clone(), answer }
             }
-            .await;
-            HostAnswer { host: h.name.clone(), instance_id: h.instance_id.clone(), answer }
         })
         .await
         .into_iter()

@@ -39,3 +39,35 @@ pub fn binary(name: &str) -> PathBuf {
     assert!(p.is_file(), "{} is missing: run `cargo build --bins` first (scripts/test does)", p.display());
     p
 }
+
+/// A writer that keeps what it is given and publishes how many lines it has so far, so
+/// that a test can act (cut a connection, say) once output has reached a given point.
+pub struct LineCounter {
+    pub buf: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    lines: tokio::sync::watch::Sender<usize>,
+}
+
+impl LineCounter {
+    /// The writer and a receiver of its line count.
+    pub fn new() -> (LineCounter, tokio::sync::watch::Receiver<usize>) {
+        let (lines, rx) = tokio::sync::watch::channel(0);
+        (LineCounter { buf: Default::default(), lines }, rx)
+    }
+
+    /// Everything written so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().expect("buffer lock")).into_owned()
+    }
+}
+
+impl std::io::Write for LineCounter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut b = self.buf.lock().expect("buffer lock");
+        b.extend_from_slice(data);
+        let _ = self.lines.send(b.iter().filter(|c| **c == b'\n').count());
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
