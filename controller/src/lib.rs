@@ -12,3 +12,4 @@ pub mod fleet;
 pub mod output;
 pub mod runbooks;
 pub mod pki;
+pub mod rollout;
