@@ -2,6 +2,8 @@
 //! and state machine (`plan`), its limits (`policy`), and the executor that feeds it. The
 //! decisions never do I/O, so they are tested without agents.
 
+pub mod journal;
+pub mod lock;
 pub mod plan;
 pub mod policy;
 
