@@ -183,7 +183,7 @@ impl Journal {
         validate_run_id(run_id)?;
         let path = run_dir(root, run_id).join("journal.jsonl");
         let contents = read(&path, run_id)?;
-        let mut file = OpenOptions::new().append(true).open(&path).map_err(io(&path))?;
+        let file = OpenOptions::new().append(true).open(&path).map_err(io(&path))?;
         let mut journal = Journal { path, file };
         if contents.truncated_tail {
             journal.file.write_all(b"\n").map_err(io(&journal.path))?;

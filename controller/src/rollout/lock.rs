@@ -38,9 +38,9 @@ impl std::fmt::Display for Holder {
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("fleet {fleet} is locked: {holder}. Wait for it to end, or stop it")]
-    Held { fleet: String, holder: Holder },
+    Held { fleet: String, holder: Box<Holder> },
     #[error("fleet {fleet} has a stale lock: {holder}, and that process is gone. Check its run (`controller runs show {}`), then take the lock with --break-lock", holder.run_id)]
-    Stale { fleet: String, holder: Holder },
+    Stale { fleet: String, holder: Box<Holder> },
     #[error("fleet {fleet} is locked by a process whose lock file {path} cannot be read")]
     Unreadable { fleet: String, path: PathBuf },
     #[error("lock file {path}: {source}")]
@@ -84,13 +84,13 @@ impl FleetLock {
         let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
         if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
             return Err(match read_holder(&mut file) {
-                Ok(Some(h)) => LockError::Held { fleet: fleet.to_string(), holder: h },
+                Ok(Some(h)) => LockError::Held { fleet: fleet.to_string(), holder: Box::new(h) },
                 _ => LockError::Unreadable { fleet: fleet.to_string(), path },
             });
         }
         let previous = read_holder(&mut file).map_err(io)?;
         let broke = match previous {
-            Some(stale) if !break_lock => return Err(LockError::Stale { fleet: fleet.to_string(), holder: stale }),
+            Some(stale) if !break_lock => return Err(LockError::Stale { fleet: fleet.to_string(), holder: Box::new(stale) }),
             other => other,
         };
         let text = serde_json::to_string(&holder).map_err(|e| io(std::io::Error::other(e)))?;

@@ -155,7 +155,7 @@ impl Rollout {
     }
 
     /// The next thing to do. Starting a host marks it `running`.
-    pub fn next(&mut self) -> Next {
+    pub fn next_action(&mut self) -> Next {
         if self.stopped.is_none() && self.running < self.concurrency {
             let canary_phase = self.canaries_pending();
             if let Some(i) = self
@@ -237,7 +237,7 @@ mod tests {
     }
 
     fn start(r: &mut Rollout) -> usize {
-        match r.next() {
+        match r.next_action() {
             Next::Start(i) => i,
             other => panic!("expected a start, got {other:?}"),
         }
@@ -249,7 +249,7 @@ mod tests {
         let a = start(&mut r);
         let b = start(&mut r);
         assert_eq!((a, b), (0, 1));
-        assert_eq!(r.next(), Next::Wait);
+        assert_eq!(r.next_action(), Next::Wait);
         r.host_ended(a, HostState::Succeeded, "");
         assert_eq!(start(&mut r), 2);
     }
@@ -260,9 +260,9 @@ mod tests {
         let a = start(&mut r);
         let b = start(&mut r);
         r.host_ended(a, HostState::Unreachable, "connection refused");
-        assert_eq!(r.next(), Next::Wait, "b is still in flight");
+        assert_eq!(r.next_action(), Next::Wait, "b is still in flight");
         r.host_ended(b, HostState::Succeeded, "");
-        assert_eq!(r.next(), Next::Done);
+        assert_eq!(r.next_action(), Next::Done);
         let (hosts, stop) = r.finish();
         assert!(matches!(stop, Some(StopReason::ErrorThreshold { errors: 1, threshold: 0 })));
         let states: Vec<_> = hosts.iter().map(|h| h.state).collect();
@@ -282,7 +282,7 @@ mod tests {
         r.host_ended(b, HostState::Succeeded, "");
         let c = start(&mut r);
         r.host_ended(c, HostState::TimedOut, "host timeout 1h");
-        assert_eq!(r.next(), Next::Done);
+        assert_eq!(r.next_action(), Next::Done);
         let (hosts, stop) = r.finish();
         assert!(hosts.iter().all(|h| h.state.is_final()));
         assert!(matches!(stop, Some(StopReason::ErrorThreshold { errors: 2, threshold: 1 })));
@@ -293,7 +293,7 @@ mod tests {
         let mut r = plan(&names(4), &[], &policy(Limit::Count(4), Limit::Count(4), 1));
         let a = start(&mut r);
         assert!(r.hosts()[a].canary);
-        assert_eq!(r.next(), Next::Wait, "nothing else starts while the canary runs");
+        assert_eq!(r.next_action(), Next::Wait, "nothing else starts while the canary runs");
         r.host_ended(a, HostState::Succeeded, "");
         assert_eq!([start(&mut r), start(&mut r), start(&mut r)], [1, 2, 3]);
     }
@@ -303,7 +303,7 @@ mod tests {
         let mut r = plan(&names(3), &[], &policy(Limit::Count(3), Limit::Count(0), 1));
         let a = start(&mut r);
         r.host_ended(a, HostState::Failed, "verification failed");
-        assert_eq!(r.next(), Next::Done);
+        assert_eq!(r.next_action(), Next::Done);
         let (hosts, _) = r.finish();
         assert_eq!(hosts[1].state, HostState::NotStarted);
     }
@@ -315,7 +315,7 @@ mod tests {
         assert_eq!([start(&mut r), start(&mut r)], [0, 2]);
         r.host_ended(0, HostState::Succeeded, "");
         r.host_ended(2, HostState::Succeeded, "");
-        assert_eq!(r.next(), Next::Done);
+        assert_eq!(r.next_action(), Next::Done);
         let (hosts, stop) = r.finish();
         assert_eq!(hosts[1].state, HostState::Skipped);
         assert!(stop.is_none());
@@ -326,9 +326,9 @@ mod tests {
         let mut r = plan(&names(3), &[], &policy(Limit::Count(1), Limit::Count(3), 0));
         let a = start(&mut r);
         r.interrupt("interrupted by the operator (Ctrl-C)");
-        assert_eq!(r.next(), Next::Wait);
+        assert_eq!(r.next_action(), Next::Wait);
         r.host_ended(a, HostState::Succeeded, "");
-        assert_eq!(r.next(), Next::Done);
+        assert_eq!(r.next_action(), Next::Done);
         let (hosts, _) = r.finish();
         assert_eq!(hosts[2].state, HostState::NotStarted);
         assert!(hosts[2].reason.contains("Ctrl-C"));
