@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod db;
 pub mod fleet;
 pub mod output;
 pub mod runbooks;

@@ -107,3 +107,62 @@ impl Drop for MariaDb {
         let _ = self.child.wait();
     }
 }
+
+/// The TechHealth application's tables as the maintenance runbook knows them: `users`,
+/// `sessions` and `audit_log`, each with an auto-increment key and `created_at`.
+pub const TECHHEALTH_SCHEMA: &[&str] = &[
+    "CREATE TABLE users (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, email VARCHAR(190) NOT NULL, \
+     created_at DATETIME NOT NULL, UNIQUE KEY (email)) ENGINE=InnoDB",
+    "CREATE TABLE sessions (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, user_id BIGINT UNSIGNED NOT NULL, \
+     token CHAR(32) NOT NULL, created_at DATETIME NOT NULL, KEY (created_at)) ENGINE=InnoDB",
+    "CREATE TABLE audit_log (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, user_id BIGINT UNSIGNED NOT NULL, \
+     action VARCHAR(64) NOT NULL, detail VARCHAR(255) NOT NULL, created_at DATETIME NOT NULL, KEY (created_at)) ENGINE=InnoDB",
+];
+
+/// Creates database `db` with the TechHealth tables and fills them: `users` users,
+/// `sessions` sessions and `audit` audit rows, spread evenly over the last `days` days
+/// (oldest first, so keys grow with time as in a real application). Uses MariaDB's
+/// sequence engine, so a million rows take seconds.
+pub async fn seed_techhealth(
+    conn: &mut mysql_async::Conn,
+    db: &str,
+    users: u64,
+    sessions: u64,
+    audit: u64,
+    days: u64,
+) -> Result<(), mysql_async::Error> {
+    use mysql_async::prelude::*;
+    conn.query_drop(format!("CREATE DATABASE `{db}`")).await?;
+    conn.query_drop(format!("USE `{db}`")).await?;
+    conn.query_drop("SET time_zone = '+00:00'").await?;
+    for stmt in TECHHEALTH_SCHEMA {
+        conn.query_drop(*stmt).await?;
+    }
+    let span = days * 86_400;
+    conn.query_drop(format!(
+        "INSERT INTO users (email, created_at) SELECT CONCAT('user', seq, '@example.test'), \
+         UTC_TIMESTAMP() - INTERVAL {span} SECOND + INTERVAL (seq * {span} DIV {users}) SECOND FROM seq_1_to_{users}"
+    ))
+    .await?;
+    if sessions > 0 {
+        conn.query_drop(format!(
+            "INSERT INTO sessions (user_id, token, created_at) SELECT 1 + seq % {users}, MD5(seq), \
+             UTC_TIMESTAMP() - INTERVAL {span} SECOND + INTERVAL (seq * {span} DIV {sessions}) SECOND FROM seq_1_to_{sessions}"
+        ))
+        .await?;
+    }
+    // In chunks: one huge INSERT ... SELECT would hold its locks for the whole fill.
+    let chunk = 100_000u64;
+    let mut from = 1u64;
+    while from <= audit {
+        let to = (from + chunk - 1).min(audit);
+        conn.query_drop(format!(
+            "INSERT INTO audit_log (user_id, action, detail, created_at) SELECT 1 + seq % {users}, \
+             ELT(1 + seq % 4, 'login', 'view_record', 'update_record', 'logout'), CONCAT('record ', seq), \
+             UTC_TIMESTAMP() - INTERVAL {span} SECOND + INTERVAL (seq * {span} DIV {audit}) SECOND FROM seq_{from}_to_{to}"
+        ))
+        .await?;
+        from = to + 1;
+    }
+    Ok(())
+}
