@@ -58,9 +58,12 @@ pub struct TableSize {
     pub rows_estimate: u64,
 }
 
+/// A row of information_schema.TABLES: name, data, index, free, rows.
+type TablesRow = (String, Option<u64>, Option<u64>, Option<u64>, Option<u64>);
+
 /// Size and free space of every table of the connected database.
 pub async fn sizes(conn: &mut Conn) -> Result<Vec<TableSize>, DbError> {
-    let rows: Vec<(String, Option<u64>, Option<u64>, Option<u64>, Option<u64>)> = conn
+    let rows: Vec<TablesRow> = conn
         .query(
             "SELECT TABLE_NAME, DATA_LENGTH, INDEX_LENGTH, DATA_FREE, TABLE_ROWS FROM information_schema.TABLES \
              WHERE TABLE_SCHEMA = DATABASE() ORDER BY TABLE_NAME",
