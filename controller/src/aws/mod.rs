@@ -12,6 +12,7 @@ pub mod iam;
 pub mod logs;
 pub mod rds;
 pub mod secrets;
+pub mod snapshots;
 
 use std::time::Duration;
 
