@@ -50,7 +50,7 @@ async fn ebs_snapshot_per_volume_is_tagged_and_not_taken_twice_for_one_run() {
         .unwrap();
         assert_eq!(tagged.len(), 2);
 
-        let done = snapshots::wait_ebs_snapshots(&c.ec2, &[snap.clone()], Duration::from_secs(30), Duration::from_millis(200))
+        let done = snapshots::wait_ebs_snapshots(&c.ec2, std::slice::from_ref(&snap), Duration::from_secs(30), Duration::from_millis(200))
             .await
             .unwrap();
         assert_eq!(done, WaitOutcome::Ready);
