@@ -81,6 +81,34 @@ pub enum Command {
     /// Weekly review: IAM users, open security groups, failed logins, CloudTrail denials,
     /// certificate expiry, listening ports, compliance.
     SecurityReview(ReportArgs),
+    /// Installing agents on hosts.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Print (or write) the cloud-init user-data that installs the agent on a new EC2
+    /// instance: download, SHA-256 check, config, fleet CA certificate, systemd unit. It
+    /// carries no secret (user-data is readable on the instance).
+    UserData {
+        /// Where the host downloads the agent: https://... (e.g. a presigned S3 URL) or
+        /// s3://bucket/key (through the instance role and the aws CLI).
+        #[arg(long)]
+        agent_url: String,
+        /// SHA-256 of the agent binary (`sha256sum ops-agent`); any other binary is refused.
+        #[arg(long)]
+        agent_sha256: String,
+        /// The fleet CA certificate (PEM); default: [tls] ca of the controller config.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// The agent's port.
+        #[arg(long, default_value_t = ops_proto::DEFAULT_AGENT_PORT)]
+        port: u16,
+        /// Write the document to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Where a runbook writes its text and JSON reports.
@@ -223,6 +251,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Backup(BackupCommand::Verify(r)) => Ok(runbooks::cli(Which::BackupVerify, &cli.config, output, &r.report_dir).await?),
         Command::SecurityReview(r) => Ok(runbooks::cli(Which::SecurityReview, &cli.config, output, &r.report_dir).await?),
         Command::Job(cmd) => run_job(cmd, &cli.config, output).await,
+        Command::Agent(AgentCommand::UserData { agent_url, agent_sha256, ca, port, out }) => {
+            let ca = match ca {
+                Some(p) => p,
+                None => ControllerConfig::load(&cli.config)?.tls.ca,
+            };
+            let ca_pem = std::fs::read_to_string(&ca)
+                .map_err(|e| anyhow::anyhow!("cannot read the fleet CA certificate {}: {e}", ca.display()))?;
+            let params = crate::install::user_data::UserDataParams { agent_url, agent_sha256, ca_pem, agent_port: port };
+            let doc = crate::install::user_data::render(&params)?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, doc).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => print!("{doc}"),
+            }
+            Ok(0)
+        }
         Command::Diag { host, follow, interval, top, count } => {
             let cfg = ControllerConfig::load(&cli.config)?;
             let hosts = fleet::discover(&cfg).await?;

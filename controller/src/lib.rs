@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod fleet;
+pub mod install;
 pub mod output;
 pub mod runbooks;
 pub mod pki;

@@ -6,6 +6,7 @@ pub mod aws_seed;
 pub mod certs;
 pub mod mariadb;
 pub mod proxy;
+pub mod systemctl;
 pub mod moto;
 pub mod netns;
 pub mod web;
