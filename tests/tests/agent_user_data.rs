@@ -20,7 +20,7 @@ fn sha256_of(path: &Path) -> String {
 /// Uploads `file` to moto's S3 with the venv's boto3 (moto's own dependency) and returns a
 /// presigned GET URL on moto's loopback endpoint.
 fn upload_presigned(moto: &Moto, file: &Path) -> String {
-    let py = PathBuf::from(e2e::support::moto::moto_server_path()).with_file_name("python");
+    let py = e2e::support::moto::moto_server_path().with_file_name("python");
     assert!(py.is_file(), "no python in the moto venv ({}): run scripts/setup", py.display());
     let script = r#"
 import sys, boto3
