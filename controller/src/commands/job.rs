@@ -243,12 +243,12 @@ pub async fn start(dialer: &Dialer, host: &Host, req: StartJobRequest) -> Result
 
 /// Follows a job's output from `offset` to its end, writing output to `out`;
 /// reconnects after a dropped connection and resumes exactly where it was.
-pub async fn watch(
+pub async fn watch<W: Write + ?Sized>(
     dialer: &Dialer,
     host: &Host,
     job_id: &str,
     mut offset: u64,
-    out: &mut dyn Write,
+    out: &mut W,
 ) -> Result<Job, JobCmdError> {
     let mut retries = 0u32;
     let mut client: Option<AgentClient<Channel>> = None;

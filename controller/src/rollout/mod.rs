@@ -2,6 +2,7 @@
 //! and state machine (`plan`), its limits (`policy`), and the executor that feeds it. The
 //! decisions never do I/O, so they are tested without agents.
 
+pub mod agent_step;
 pub mod executor;
 pub mod journal;
 pub mod lock;
