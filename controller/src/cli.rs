@@ -84,6 +84,16 @@ pub enum Command {
     /// Installing agents on hosts.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Every agent's live figures in one refreshing table, busiest host first, with the
+    /// hosts that stopped answering (exit 1 if any host was not answering at the end).
+    Top {
+        /// Time between refreshes (minimum 100ms).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Print this many frames and exit (default on a terminal: until Ctrl-C).
+        #[arg(long)]
+        count: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,6 +261,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Backup(BackupCommand::Verify(r)) => Ok(runbooks::cli(Which::BackupVerify, &cli.config, output, &r.report_dir).await?),
         Command::SecurityReview(r) => Ok(runbooks::cli(Which::SecurityReview, &cli.config, output, &r.report_dir).await?),
         Command::Job(cmd) => run_job(cmd, &cli.config, output).await,
+        Command::Top { interval, count } => {
+            let cfg = ControllerConfig::load(&cli.config)?;
+            let hosts = fleet::discover(&cfg).await?;
+            let dialer = Dialer::from_config(&cfg)?;
+            let refresh = count.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) && output == OutputFormat::Table;
+            let opts = crate::commands::top::TopOptions { interval: interval.max(Duration::from_millis(100)), count, output, refresh };
+            let mut stdout = std::io::stdout().lock();
+            match crate::commands::top::run(&dialer, &hosts, &opts, &mut stdout).await {
+                Ok(code) => Ok(code),
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+                Err(e) => Err(e.into()),
+            }
+        }
         Command::Agent(AgentCommand::UserData { agent_url, agent_sha256, ca, port, out }) => {
             let ca = match ca {
                 Some(p) => p,

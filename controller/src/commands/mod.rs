@@ -2,4 +2,5 @@
 
 pub mod diag;
 pub mod ping;
+pub mod top;
 pub mod job;
