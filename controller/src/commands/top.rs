@@ -211,7 +211,7 @@ pub async fn run(dialer: &Dialer, hosts: &[Host], opts: &TopOptions, out: &mut d
     let mut ticker = tokio::time::interval(opts.interval.max(Duration::from_millis(100)));
     ticker.tick().await;
     let mut printed = 0u32;
-    let mut last_ok = false;
+    let mut last_ok;
     let result = loop {
         ticker.tick().await;
         let views: BTreeMap<String, HostView> = receivers.iter().map(|(n, rx)| (n.clone(), rx.borrow().clone())).collect();
