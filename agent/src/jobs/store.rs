@@ -143,6 +143,43 @@ impl Store {
         Ok((jobs, bad))
     }
 
+    /// Blocking: removes what a crash can leave behind, and returns each removal with
+    /// why: a job directory holding nothing but a temporary record and an empty output log
+    /// (the crash came before its first record was in place), and temporary records beside
+    /// a complete one. A directory with anything else in it is left for `load_all`.
+    pub fn remove_leftovers(&self) -> Vec<(PathBuf, String)> {
+        let mut removed = Vec::new();
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return removed;
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let tmp = dir.join(RECORD_TMP);
+            let has_record = dir.join(RECORD_FILE).exists();
+            if has_record {
+                if tmp.exists() && fs::remove_file(&tmp).is_ok() {
+                    removed.push((tmp, "removed a temporary record left by a crash".into()));
+                }
+                continue;
+            }
+            let Ok(names) = fs::read_dir(&dir) else {
+                continue;
+            };
+            let only_leftovers = names.flatten().all(|f| {
+                let name = f.file_name();
+                name == RECORD_TMP
+                    || (name == OUTPUT_FILE && f.metadata().map(|m| m.len() == 0).unwrap_or(false))
+            });
+            if only_leftovers && fs::remove_dir_all(&dir).is_ok() {
+                removed.push((dir, "removed a job directory left by a crash before its first record".into()));
+            }
+        }
+        removed
+    }
+
     /// Length of a job's output log (0 when it is missing).
     pub fn output_len(&self, id: &str) -> u64 {
         fs::metadata(self.output_path(id))
