@@ -12,6 +12,7 @@ pub mod kinds;
 pub mod limits;
 mod manager;
 pub mod output;
+pub mod record;
 mod registry;
 pub mod runner;
 pub mod spec;

@@ -1,6 +1,7 @@
-//! Jobs on disk: `<state_dir>/jobs/<job id>/job.pb` (the `ops.v1.Job` record, protobuf
-//! encoded: the wire type is the persisted record, so old agents' files stay readable)
-//! and `output.log` (the complete, untruncated output).
+//! Jobs on disk: `<state_dir>/jobs/<job id>/job.pb` (a `record::JobRecord`, protobuf
+//! encoded; the wire `Job` is converted at this boundary only, and old agents' records,
+//! which were wire `Job`s, stay readable) and `output.log` (the complete, untruncated
+//! output).
 //!
 //! Records are replaced atomically (temp file, fsync, rename, fsync of the directory) so
 //! that a crash leaves either the old record or the new one, never half of one. This
@@ -13,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use ops_proto::v1::Job;
 use prost::Message;
+
+use super::record::JobRecord;
 
 const RECORD_FILE: &str = "job.pb";
 const RECORD_TMP: &str = "job.pb.tmp";
@@ -99,7 +102,7 @@ impl Store {
             .mode(0o600)
             .open(&tmp)
             .map_err(err("create", &tmp))?;
-        f.write_all(&job.encode_to_vec())
+        f.write_all(&JobRecord::from(job).encode_to_vec())
             .map_err(err("write", &tmp))?;
         f.sync_all().map_err(err("fsync", &tmp))?;
         drop(f);
@@ -121,7 +124,7 @@ impl Store {
             }
             let record = dir.join(RECORD_FILE);
             match fs::read(&record) {
-                Ok(bytes) => match Job::decode(bytes.as_slice()) {
+                Ok(bytes) => match JobRecord::decode(bytes.as_slice()).map(Job::from) {
                     Ok(job) if Some(job.id.as_str()) == entry.file_name().to_str() => {
                         jobs.push(job)
                     }

@@ -225,6 +225,38 @@ async fn finish(sh: &Arc<Shared>, id: &str, report: Report, written: u64) {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_job_body_that_panics_becomes_a_failed_report_naming_the_panic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("output.log");
+        std::fs::write(&path, b"").unwrap();
+        let progress = watch::Sender::new(Progress::default());
+        let limits = OutputLimits {
+            max_bytes: 1 << 20,
+            min_free_bytes: 0,
+            state_dir: tmp.path().to_path_buf(),
+        };
+        let log = OutputLog::open(&path, progress.clone(), limits).await.unwrap();
+        let (_stop_tx, stop) = watch::channel(None);
+        let ctx = JobCtx::new(log, stop, Instant::now() + Duration::from_secs(60), Duration::from_secs(1));
+        let exec = |mut ctx: JobCtx| async move {
+            ctx.log.append(b"before the bug\n").await.unwrap();
+            let bug: Option<()> = None;
+            if bug.is_none() {
+                panic!("kind bug");
+            }
+            (Report::failed(String::from("unreachable")), ctx)
+        };
+        let (report, written) = tokio::time::timeout(Duration::from_secs(30), run_guarded("j1", ctx, exec, &progress))
+            .await
+            .unwrap();
+        match report.outcome {
+            Outcome::Failed(e) => assert!(e.contains("panicked (kind bug)"), "{e}"),
+            other => panic!("expected failed, got {other:?}"),
+        }
+        assert_eq!(written, 15);
+    }
+
     #[test]
     fn outcomes_map_to_states_with_reasons() {
         let r = |o: Outcome| Report {
