@@ -1,7 +1,8 @@
 //! Jobs end to end: the controller starts a typed job and follows it, a watch whose
 //! connection is cut mid-way reattaches and resumes from its offset with every line
 //! exactly once, an agent killed mid-job brings the job back `interrupted` after a
-//! restart, and a viewer may not start jobs (and the refusal is audited).
+//! restart, a viewer may not start jobs (and the refusal is audited), and every audit line
+//! names the caller by certificate serial, SHA-256 fingerprint, name, role and address.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::process::Command;
@@ -174,3 +175,56 @@ async fn viewer_may_watch_but_not_start_and_the_refusal_is_audited() {
     .await
     .unwrap();
 }
+
+/// `openssl x509 -noout OPTIONS` of a certificate file: the value after the '=', as bare
+/// lowercase hex.
+fn openssl_field(cert: &std::path::Path, options: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout"])
+        .args(options)
+        .arg("-in")
+        .arg(cert)
+        .output()
+        .expect("openssl is needed (scripts/setup installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase()
+}
+
+#[tokio::test]
+async fn audit_lines_name_the_callers_certificate_serial_fingerprint_role_and_address() {
+    tokio::time::timeout(T, async {
+        let pki = TestPki::new();
+        let agent = spawn_in_process(&pki, "", &actions(1, "0")).await;
+        let h = host("web-1", agent.local_addr());
+        let op = dialer(pki.operator_config());
+        let j = job::start(&op, &h, run_action("hello")).await.unwrap();
+        let viewer = dialer(pki.client_config(&pki.viewer));
+        let denied = viewer.connect(&h).await.unwrap().start_job(run_action("hello")).await.unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        let mut out = Vec::new();
+        job::watch(&op, &h, &j.id, 0, &mut out).await.unwrap();
+
+        let audit = std::fs::read_to_string(pki.path().join("state").join("audit.log")).unwrap();
+        let lines: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        for (event, who) in [("start", &pki.operator), ("start_denied", &pki.viewer)] {
+            let line = lines.iter().find(|l| l["event"] == event).unwrap_or_else(|| panic!("no {event} line: {audit}"));
+            let fingerprint = openssl_field(&who.cert, &["-fingerprint", "-sha256"]);
+            assert_eq!(fingerprint.len(), 64);
+            assert_eq!(line["caller_sha256"], fingerprint, "{line}");
+            let serial = openssl_field(&who.cert, &["-serial"]);
+            let ours = line["caller_serial"].as_str().unwrap().replace(':', "");
+            assert_eq!(ours.trim_start_matches('0'), serial.trim_start_matches('0'), "{line}");
+            assert!(line["caller_addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{line}");
+            assert!(!line["caller"].as_str().unwrap().is_empty());
+        }
+        let start = lines.iter().find(|l| l["event"] == "start").unwrap();
+        assert_eq!(start["role"], "operator");
+        let denied = lines.iter().find(|l| l["event"] == "start_denied").unwrap();
+        assert_eq!(denied["role"], "viewer");
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
