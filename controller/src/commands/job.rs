@@ -332,6 +332,8 @@ pub fn finish(job: &Job, output: OutputFormat, out: &mut dyn Write) -> std::io::
 
 /// Jobs `job list` shows when no limit is given.
 const DEFAULT_LIST_JOBS: u32 = 50;
+/// Jobs asked for per `ListJobs` page; the agent may send fewer and say more follow.
+const LIST_PAGE_SIZE: usize = 100;
 
 /// `job list`: the newest `limit` jobs (0: `DEFAULT_LIST_JOBS`), following the agent's
 /// pages, which it keeps small enough for any answer to fit in a gRPC message.
@@ -342,7 +344,7 @@ pub async fn list(dialer: &Dialer, host: &Host, limit: u32) -> Result<Vec<Job>, 
     let mut jobs = Vec::new();
     let mut page_token = String::new();
     while jobs.len() < want {
-        let page_size = u32::try_from(want - jobs.len()).unwrap_or(u32::MAX);
+        let page_size = u32::try_from((want - jobs.len()).min(LIST_PAGE_SIZE)).unwrap_or(u32::MAX);
         let req = ListJobsRequest { limit: page_size, page_size, page_token };
         let page = c.list_jobs(req).await.map_err(|s| wrap(call_error(&s)))?.into_inner();
         // An empty page ends the walk even with a token, so a confused agent cannot loop us.
