@@ -259,8 +259,10 @@ impl Agent for AgentService {
 
     async fn list_jobs(&self, req: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
         authorize(&req, Role::Viewer, "list jobs")?;
-        let limit = req.into_inner().limit as usize;
-        Ok(Response::new(ListJobsResponse { jobs: self.inner.jobs.list(limit).await }))
+        let r = req.into_inner();
+        let size = if r.page_size == 0 { r.limit } else { r.page_size } as usize;
+        let (jobs, next_page_token) = self.inner.jobs.list_page(size, &r.page_token).await?;
+        Ok(Response::new(ListJobsResponse { jobs, next_page_token }))
     }
 
     type WatchJobStream = ReceiverStream<Result<JobEvent, Status>>;

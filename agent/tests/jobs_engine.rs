@@ -280,6 +280,7 @@ async fn viewer_and_unknown_roles_may_not_start_or_cancel_and_are_audited() {
             name: "stranger".into(),
             role: None,
             role_claim: "admin".into(),
+            ..Default::default()
         };
         let err = mgr
             .start(req(run_action("quick")), &nobody)

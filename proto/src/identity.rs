@@ -5,6 +5,9 @@
 //! certificate that says so. A certificate without a known role gets no rights.
 
 use std::fmt;
+use std::net::SocketAddr;
+
+use sha2::{Digest, Sha256};
 
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -57,7 +60,7 @@ impl fmt::Display for Role {
 }
 
 /// The caller as the agent saw it in the verified client certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerIdentity {
     /// The certificate's subject common name (or "unknown" when it has none).
     pub name: String,
@@ -65,6 +68,12 @@ pub struct PeerIdentity {
     pub role: Option<Role>,
     /// The role string the certificate carried, even if unknown (for the audit log).
     pub role_claim: String,
+    /// The certificate's serial number, lowercase hex with colons (as `openssl x509` shows it).
+    pub serial: String,
+    /// SHA-256 of the certificate's DER, lowercase hex: names one exact certificate.
+    pub fingerprint_sha256: String,
+    /// Where the connection came from, when the transport knows it.
+    pub remote_addr: Option<SocketAddr>,
 }
 
 impl PeerIdentity {
@@ -91,7 +100,16 @@ impl PeerIdentity {
                 }
             }
         }
-        Ok(PeerIdentity { name, role: Role::parse(&role_claim), role_claim })
+        let serial = cert.raw_serial_as_string();
+        let fingerprint_sha256 = Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect();
+        Ok(PeerIdentity {
+            name,
+            role: Role::parse(&role_claim),
+            role_claim,
+            serial,
+            fingerprint_sha256,
+            remote_addr: None,
+        })
     }
 
     /// "name (role)" for logs and audit lines.

@@ -428,7 +428,8 @@ impl PeerStream {
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|der| PeerIdentity::from_der(der.as_ref()).ok());
+            .and_then(|der| PeerIdentity::from_der(der.as_ref()).ok())
+            .map(|id| PeerIdentity { remote_addr, ..id });
         PeerStream { inner, info: PeerInfo { remote_addr, identity } }
     }
 

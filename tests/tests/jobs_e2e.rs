@@ -1,7 +1,8 @@
 //! Jobs end to end: the controller starts a typed job and follows it, a watch whose
 //! connection is cut mid-way reattaches and resumes from its offset with every line
 //! exactly once, an agent killed mid-job brings the job back `interrupted` after a
-//! restart, and a viewer may not start jobs (and the refusal is audited).
+//! restart, a viewer may not start jobs (and the refusal is audited), and every audit line
+//! names the caller by certificate serial, SHA-256 fingerprint, name, role and address.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::process::Command;
@@ -170,6 +171,156 @@ async fn viewer_may_watch_but_not_start_and_the_refusal_is_audited() {
         assert!(events.iter().any(|e| e.to_string().contains("\"start\"") && e.to_string().contains(&j.id)), "{audit}");
         assert!(events.iter().any(|e| e.to_string().contains("finished") && e.to_string().contains(&j.id)), "{audit}");
         agent.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+/// `openssl x509 -noout OPTIONS` of a certificate file: the value after the '=', as bare
+/// lowercase hex.
+fn openssl_field(cert: &std::path::Path, options: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout"])
+        .args(options)
+        .arg("-in")
+        .arg(cert)
+        .output()
+        .expect("openssl is needed (scripts/setup installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase()
+}
+
+#[tokio::test]
+async fn audit_lines_name_the_callers_certificate_serial_fingerprint_role_and_address() {
+    tokio::time::timeout(T, async {
+        let pki = TestPki::new();
+        let agent = spawn_in_process(&pki, "", &actions(1, "0")).await;
+        let h = host("web-1", agent.local_addr());
+        let op = dialer(pki.operator_config());
+        let j = job::start(&op, &h, run_action("hello")).await.unwrap();
+        let viewer = dialer(pki.client_config(&pki.viewer));
+        let denied = viewer.connect(&h).await.unwrap().start_job(run_action("hello")).await.unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        let mut out = Vec::new();
+        job::watch(&op, &h, &j.id, 0, &mut out).await.unwrap();
+
+        let audit = std::fs::read_to_string(pki.path().join("state").join("audit.log")).unwrap();
+        let lines: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        for (event, who) in [("start", &pki.operator), ("start_denied", &pki.viewer)] {
+            let line = lines.iter().find(|l| l["event"] == event).unwrap_or_else(|| panic!("no {event} line: {audit}"));
+            let fingerprint = openssl_field(&who.cert, &["-fingerprint", "-sha256"]);
+            assert_eq!(fingerprint.len(), 64);
+            assert_eq!(line["caller_sha256"], fingerprint, "{line}");
+            let serial = openssl_field(&who.cert, &["-serial"]);
+            let ours = line["caller_serial"].as_str().unwrap().replace(':', "");
+            assert_eq!(ours.trim_start_matches('0'), serial.trim_start_matches('0'), "{line}");
+            assert!(line["caller_addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{line}");
+            assert!(!line["caller"].as_str().unwrap().is_empty());
+        }
+        let start = lines.iter().find(|l| l["event"] == "start").unwrap();
+        assert_eq!(start["role"], "operator");
+        let denied = lines.iter().find(|l| l["event"] == "start_denied").unwrap();
+        assert_eq!(denied["role"], "viewer");
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+
+#[tokio::test]
+async fn controller_job_list_follows_the_agents_pages_past_the_first() {
+    tokio::time::timeout(T, async {
+        let pki = TestPki::new();
+        let jobs = "[jobs]\nallow_concurrent = true\nkeep_max_jobs = 1000\n";
+        let agent = spawn_in_process(&pki, "", &format!("{jobs}{}", actions(1, "0"))).await;
+        let h = host("web-1", agent.local_addr());
+        let op = dialer(pki.operator_config());
+        let mut started = Vec::new();
+        for _ in 0..130 {
+            started.push(job::start(&op, &h, run_action("hello")).await.unwrap().id);
+        }
+        started.reverse();
+        // 130 jobs take two pages of the controller's 100.
+        let listed: Vec<String> = job::list(&op, &h, 500).await.unwrap().into_iter().map(|j| j.id).collect();
+        assert_eq!(listed.len(), 130);
+        let distinct: std::collections::HashSet<&String> = listed.iter().collect();
+        assert_eq!(distinct.len(), 130, "no job twice");
+        let mut want = started.clone();
+        want.sort_by(|a, b| b.cmp(a));
+        assert_eq!(listed, want, "newest first across pages");
+        assert_eq!(job::list(&op, &h, 120).await.unwrap().len(), 120);
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+/// A tmpfs of `size` on `dir` while the value lives (the test runs as root, as CI does).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        assert!(rustix::process::geteuid().is_root(), "this test mounts a tmpfs: run it as root (CI does)");
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status().unwrap();
+        assert!(st.success(), "mount -t tmpfs: {st}");
+        Tmpfs(dir.to_path_buf())
+    }
+
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        while f.write_all(&[0u8; 65536]).is_ok() {}
+        while f.write_all(&[0]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn an_agent_on_a_full_state_disk_starts_serves_reads_refuses_jobs_and_resumes_when_space_returns() {
+    tokio::time::timeout(T, async {
+        let pki = TestPki::new();
+        let state = pki.path().join("state");
+        let fs = Tmpfs::mount(&state, "2m");
+        let extra = format!("[jobs]\nmin_free_bytes = 262144\n{}", actions(1, "0"));
+        let agent = spawn_in_process(&pki, "", &extra).await;
+        let h = host("web-1", agent.local_addr());
+        let op = dialer(pki.operator_config());
+        let first = job::start(&op, &h, run_action("hello")).await.unwrap();
+        job::watch(&op, &h, &first.id, 0, &mut Vec::new()).await.unwrap();
+        agent.shutdown().await.unwrap();
+        let filler = fs.fill();
+
+        let agent = spawn_in_process(&pki, "", &extra).await;
+        let h = host("web-1", agent.local_addr());
+        let mut c = op.connect(&h).await.unwrap();
+        c.get_host_info(ops_proto::v1::HostInfoRequest {}).await.unwrap();
+        c.get_snapshot(ops_proto::v1::SnapshotRequest::default()).await.unwrap();
+        let got = job::get(&op, &h, &first.id).await.unwrap();
+        assert_eq!(got.state, JobState::Succeeded as i32);
+        assert_eq!(job::list(&op, &h, 0).await.unwrap().len(), 1);
+        let mut out = Vec::new();
+        job::watch(&op, &h, &first.id, 0, &mut out).await.unwrap();
+        assert!(String::from_utf8_lossy(&out).contains("hello"));
+        let refused = c.start_job(run_action("hello")).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains("min_free_bytes"), "{}", refused.message());
+
+        std::fs::remove_file(filler).unwrap();
+        let next = job::start(&op, &h, run_action("hello")).await.unwrap();
+        let done = job::watch(&op, &h, &next.id, 0, &mut Vec::new()).await.unwrap();
+        assert_eq!(done.state, JobState::Succeeded as i32);
+        agent.shutdown().await.unwrap();
+        drop(fs);
     })
     .await
     .unwrap();

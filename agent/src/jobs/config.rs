@@ -30,6 +30,13 @@ pub struct JobsConfig {
     pub allow_concurrent: bool,
     /// Time between SIGTERM and SIGKILL when a job is cancelled, times out or the agent stops.
     pub kill_grace_seconds: u64,
+    /// Jobs that may wait for the one-at-a-time slot; one more is refused.
+    pub max_queued: usize,
+    /// Output one job may write to its log; a job that writes more ends `failed`.
+    pub max_output_bytes: u64,
+    /// Free space kept on the state directory's filesystem: a job whose output would go
+    /// below it ends `failed`, and new jobs are refused until there is room again.
+    pub min_free_bytes: u64,
 }
 
 impl Default for JobsConfig {
@@ -43,6 +50,9 @@ impl Default for JobsConfig {
             audit_log: None,
             allow_concurrent: false,
             kill_grace_seconds: 10,
+            max_queued: 16,
+            max_output_bytes: 256 * 1024 * 1024,
+            min_free_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -54,6 +64,9 @@ impl JobsConfig {
         }
         if self.keep_max_jobs == 0 {
             return Err("[jobs] keep_max_jobs must be at least 1".into());
+        }
+        if self.max_output_bytes == 0 {
+            return Err("[jobs] max_output_bytes must be at least 1".into());
         }
         if !self.logrotate_config.is_absolute() {
             return Err(format!(

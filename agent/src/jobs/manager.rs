@@ -18,7 +18,7 @@ use super::output::Progress;
 use super::registry::{live, new_job_id, now_ms, Entry, Shared};
 use super::runner::StopReason;
 use super::spec::{is_finished, kind_name, spec_json, state_name};
-use super::{task, watch as watcher, JobError, DEFAULT_LIST_LIMIT};
+use super::{limits, task, watch as watcher, JobError, DEFAULT_LIST_LIMIT, MAX_LIST_PAGE, MAX_LIST_PAGE_BYTES};
 
 /// Extra time, beyond the kill grace period, that cancel and shutdown wait for a job to end.
 const END_WAIT_SLACK: Duration = Duration::from_secs(5);
@@ -40,6 +40,10 @@ enum Admission {
     },
     Busy {
         running: String,
+    },
+    QueueFull {
+        queued: usize,
+        limit: usize,
     },
     ShuttingDown,
     Admitted {
@@ -65,11 +69,10 @@ impl JobManager {
         caller: &PeerIdentity,
     ) -> Result<Job, JobError> {
         let sh = &self.shared;
-        let spec_value = req
-            .spec
-            .as_ref()
-            .map(spec_json)
-            .unwrap_or(serde_json::Value::Null);
+        let spec_value = match limits::check_request(&req) {
+            Ok(()) => req.spec.as_ref().map(spec_json).unwrap_or(serde_json::Value::Null),
+            Err(_) => serde_json::Value::Null,
+        };
         if !may_change_hosts(caller) {
             warn!(caller = %caller.describe(), "job start denied: the caller's role may not change hosts");
             let line = json!({ "spec": spec_value, "reason": "role may not start jobs" });
@@ -91,6 +94,15 @@ impl JobManager {
                 }
             }
         };
+        if let Err(msg) = limits::check_request(&req) {
+            // Not the spec itself: an oversized field must not reach the audit log either.
+            let line = json!({ "reason": msg });
+            warn!(caller = %caller.describe(), reason = %msg, "job start refused");
+            if let Err(e) = sh.audit.record("start_refused", Some(caller), line).await {
+                warn!(error = %e, "cannot audit a refused job start");
+            }
+            return Err(JobError::InvalidSpec(msg));
+        }
         let Some(spec) = req.spec.clone() else {
             let msg = "the request has no job spec".to_string();
             refuse(msg.clone()).await;
@@ -121,6 +133,10 @@ impl JobManager {
                 return Err(JobError::InvalidSpec(msg));
             }
         };
+        if let Err(msg) = sh.room_for_jobs().await {
+            refuse(msg.clone()).await;
+            return Err(JobError::NoSpace(msg));
+        }
         let timeout_seconds = match req.timeout_seconds {
             0 => prepared
                 .configured_timeout_seconds()
@@ -143,6 +159,10 @@ impl JobManager {
             Admission::Busy { running } => {
                 refuse(format!("busy: job {running} is running")).await;
                 return Err(JobError::Busy { running });
+            }
+            Admission::QueueFull { queued, limit } => {
+                refuse(format!("the queue is full ([jobs] max_queued = {limit})")).await;
+                return Err(JobError::QueueFull { queued, limit });
             }
             Admission::Admitted { job, stop, go } => (job, stop, go),
         };
@@ -234,7 +254,16 @@ impl JobManager {
             .or_else(|| inner.queue.front().cloned());
         let queued = match (exclusive, holder) {
             (false, _) | (true, None) => false,
-            (true, Some(_)) if req.queue_if_busy => true,
+            (true, Some(_)) if req.queue_if_busy => {
+                let limit = sh.settings.jobs.max_queued;
+                if inner.queue.len() >= limit {
+                    return Admission::QueueFull {
+                        queued: inner.queue.len(),
+                        limit,
+                    };
+                }
+                true
+            }
             (true, Some(running)) => return Admission::Busy { running },
         };
         let mut id = new_job_id();
@@ -319,23 +348,59 @@ impl JobManager {
             })
     }
 
-    /// Recent jobs, newest first; `limit` 0 means `DEFAULT_LIST_LIMIT`.
+    /// Recent jobs, newest first; `limit` 0 means `DEFAULT_LIST_LIMIT`. The first page only.
     pub async fn list(&self, limit: usize) -> Vec<Job> {
-        let limit = if limit == 0 {
-            DEFAULT_LIST_LIMIT
-        } else {
-            limit
+        self.list_page(limit, "").await.map(|(jobs, _)| jobs).unwrap_or_default()
+    }
+
+    /// One page of jobs, newest first, after the job `page_token` names (empty: from the
+    /// newest), and the token of the next page (empty when this is the last). A page holds
+    /// at most `page_size` jobs (0: `DEFAULT_LIST_LIMIT`; capped at `MAX_LIST_PAGE`) and
+    /// ends early rather than pass `MAX_LIST_PAGE_BYTES` encoded.
+    pub async fn list_page(
+        &self,
+        page_size: usize,
+        page_token: &str,
+    ) -> Result<(Vec<Job>, String), JobError> {
+        let size = match page_size {
+            0 => DEFAULT_LIST_LIMIT,
+            n => n.min(MAX_LIST_PAGE),
         };
-        let inner = self.shared.lock();
-        let mut jobs: Vec<Job> = inner.jobs.values().map(live).collect();
-        drop(inner);
-        jobs.sort_by(|a, b| {
-            b.created_unix_ms
-                .cmp(&a.created_unix_ms)
-                .then_with(|| b.id.cmp(&a.id))
-        });
-        jobs.truncate(limit);
-        jobs
+        let after = match page_token {
+            "" => None,
+            t => Some(parse_page_token(t).ok_or_else(|| JobError::BadPageToken(t.into()))?),
+        };
+        let mut keys: Vec<(i64, String)> = {
+            let inner = self.shared.lock();
+            inner.jobs.values().map(|e| (e.job.created_unix_ms, e.job.id.clone())).collect()
+        };
+        keys.sort_by(|a, b| b.cmp(a));
+        if let Some(after) = &after {
+            keys.retain(|k| k < after);
+        }
+        let mut jobs = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
+        {
+            let inner = self.shared.lock();
+            for (_, id) in &keys {
+                let Some(job) = inner.jobs.get(id).map(live) else {
+                    continue;
+                };
+                let len = prost::Message::encoded_len(&job) + 8;
+                if jobs.len() == size || (!jobs.is_empty() && bytes + len > MAX_LIST_PAGE_BYTES) {
+                    more = true;
+                    break;
+                }
+                bytes += len;
+                jobs.push(job);
+            }
+        }
+        let next = match (more, jobs.last()) {
+            (true, Some(last)) => format!("{}.{}", last.created_unix_ms, last.id),
+            _ => String::new(),
+        };
+        Ok((jobs, next))
     }
 
     /// Output from `from_offset` (streamed from the on-disk log in bounded chunks,
@@ -452,4 +517,11 @@ impl JobManager {
             }
         }
     }
+}
+
+/// (created ms, id) from a `ListJobs` page token: "<created ms>.<job id>".
+fn parse_page_token(t: &str) -> Option<(i64, String)> {
+    let (ms, id) = t.split_once('.')?;
+    let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    ok.then(|| Some((ms.parse().ok()?, id.to_string())))?
 }

@@ -9,8 +9,10 @@
 pub mod audit;
 pub mod config;
 pub mod kinds;
+pub mod limits;
 mod manager;
 pub mod output;
+pub mod record;
 mod registry;
 pub mod runner;
 pub mod spec;
@@ -30,6 +32,12 @@ pub const WATCH_CHUNK_BYTES: usize = 64 * 1024;
 pub const WATCH_CHANNEL_CAPACITY: usize = 8;
 /// Jobs listed when the caller asks for 0.
 pub const DEFAULT_LIST_LIMIT: usize = 50;
+/// Most jobs in one `ListJobs` page, whatever the caller asks.
+pub const MAX_LIST_PAGE: usize = 500;
+/// Encoded bytes of jobs in one `ListJobs` page: a page ends before it would pass this,
+/// so no answer comes near the 4 MB gRPC message limit (one job is far smaller, its
+/// request fields being bounded by `limits`).
+pub const MAX_LIST_PAGE_BYTES: usize = 2 * 1024 * 1024;
 
 /// Why a job request was not served. Maps onto deliberate gRPC codes.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +65,12 @@ pub enum JobError {
     ShuttingDown,
     #[error("invalid job settings: {0}")]
     Config(String),
+    #[error("the job queue is full: {queued} jobs already wait for the slot ([jobs] max_queued = {limit}); try again later")]
+    QueueFull { queued: usize, limit: usize },
+    #[error("{0}; no new jobs start until space is freed")]
+    NoSpace(String),
+    #[error("page_token {0:?} is not one this agent handed out")]
+    BadPageToken(String),
     #[error("job store: {0}")]
     Store(#[from] StoreError),
     #[error("{0}; the job was not started")]
@@ -70,7 +84,12 @@ impl From<JobError> for tonic::Status {
         let msg = e.to_string();
         match e {
             JobError::NotFound { .. } => tonic::Status::not_found(msg),
-            JobError::InvalidSpec(_) => tonic::Status::invalid_argument(msg),
+            JobError::InvalidSpec(_) | JobError::BadPageToken(_) => {
+                tonic::Status::invalid_argument(msg)
+            }
+            JobError::QueueFull { .. } | JobError::NoSpace(_) => {
+                tonic::Status::resource_exhausted(msg)
+            }
             JobError::PermissionDenied { .. } => tonic::Status::permission_denied(msg),
             JobError::Busy { .. } => tonic::Status::failed_precondition(msg),
             JobError::IdempotencyConflict { .. } => tonic::Status::already_exists(msg),

@@ -6,7 +6,7 @@
 //! short std mutex that is never held across an await. Disk and audit I/O happen
 //! outside it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -20,7 +20,7 @@ use super::audit::Audit;
 use super::config::JobSettings;
 use super::output::Progress;
 use super::runner::StopReason;
-use super::spec::{is_finished, state_name};
+use super::spec::{is_finished, state_from_name, state_name};
 use super::store::Store;
 use super::JobError;
 
@@ -40,6 +40,9 @@ pub(super) struct Inner {
     /// Jobs waiting for the slot, first come first served.
     pub(super) queue: VecDeque<String>,
     pub(super) shutting_down: bool,
+    /// Jobs whose latest record could not be written (a full disk): retried before any
+    /// new job is admitted, and until then no new job starts.
+    pub(super) unpersisted: HashSet<String>,
 }
 
 pub(super) struct Entry {
@@ -70,6 +73,54 @@ impl Shared {
             .map_err(JobError::from)
     }
 
+    /// Writes a record; on failure remembers the job so that its record is written again
+    /// before the next job is admitted. Never fails: the record stays right in memory.
+    pub(super) async fn persist_or_remember(&self, job: Job) {
+        let id = job.id.clone();
+        match self.persist(job).await {
+            Ok(()) => {
+                self.lock().unpersisted.remove(&id);
+            }
+            Err(e) => {
+                warn!(job_id = %id, error = %e, "cannot write a job's record; it is kept in memory and written again before the next job starts");
+                self.lock().unpersisted.insert(id);
+            }
+        }
+    }
+
+    /// Ok when a new job may start: every record is on disk and the state directory's
+    /// filesystem is above its free-space floor. Else the reason, for the caller.
+    pub(super) async fn room_for_jobs(&self) -> Result<(), String> {
+        let pending: Vec<Job> = {
+            let inner = self.lock();
+            inner.unpersisted.iter().filter_map(|id| inner.jobs.get(id)).map(|e| e.job.clone()).collect()
+        };
+        for job in pending {
+            self.persist_or_remember(job).await;
+        }
+        let stuck = self.lock().unpersisted.len();
+        if stuck > 0 {
+            return Err(format!(
+                "{stuck} job record(s) could not be written to {}",
+                self.settings.state_dir.display()
+            ));
+        }
+        let dir = self.settings.state_dir.clone();
+        let floor = self.settings.jobs.min_free_bytes;
+        match tokio::task::spawn_blocking(move || super::output::free_bytes(&dir)).await {
+            Ok(Ok(free)) if free < floor => Err(format!(
+                "free space on {} is {free} bytes, below the floor of {floor} bytes ([jobs] min_free_bytes)",
+                self.settings.state_dir.display()
+            )),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!(
+                "cannot read the free space of {}: {e}",
+                self.settings.state_dir.display()
+            )),
+            Err(e) => Err(format!("free space check failed: {e}")),
+        }
+    }
+
     /// Removes finished jobs beyond the configured age and count.
     pub(super) async fn prune(&self) {
         let now = now_ms();
@@ -79,7 +130,7 @@ impl Shared {
             let finished: Vec<(String, i64)> = inner
                 .jobs
                 .values()
-                .filter(|e| is_finished(e.job.state))
+                .filter(|e| is_finished(e.job.state) && !inner.unpersisted.contains(&e.job.id))
                 .map(|e| (e.job.id.clone(), e.job.created_unix_ms))
                 .collect();
             let max_age_ms =
@@ -170,7 +221,7 @@ impl Shared {
         let state_dir = settings.state_dir.clone();
         let audit_path = settings.audit_log_path();
         let audit_dir = audit_path.parent().map(|p| p.to_path_buf());
-        let (store, loaded, unreadable) = tokio::task::spawn_blocking(move || {
+        let (store, loaded, unreadable, (audit, torn)) = tokio::task::spawn_blocking(move || {
             if let Some(dir) = audit_dir {
                 std::fs::create_dir_all(&dir).map_err(|source| {
                     JobError::Store(super::store::StoreError {
@@ -181,24 +232,50 @@ impl Shared {
                 })?;
             }
             let store = Store::open(&state_dir)?;
+            for (dir, why) in store.remove_leftovers() {
+                warn!(dir = %dir.display(), "{why}");
+            }
             let (jobs, bad) = store.load_all()?;
-            Ok::<_, JobError>((store, jobs, bad))
+            Ok::<_, JobError>((store, jobs, bad, Audit::open(audit_path)))
         })
         .await
         .map_err(|e| JobError::Internal(e.to_string()))??;
+        if let Some(t) = &torn {
+            warn!(path = %audit.path().display(), offset = t.offset, len = t.len,
+                  "the audit log's last line is cut short (a crash mid-write?); the next line starts on a fresh line");
+        }
         for u in &unreadable {
             warn!(dir = %u.dir.display(), reason = %u.reason, "skipping a job directory whose record cannot be read");
         }
         let shared = Arc::new(Shared {
             settings,
             store,
-            audit: Audit::new(audit_path),
+            audit,
             inner: Mutex::default(),
         });
         let now = now_ms();
         let mut inner = Inner::default();
+        let open: Vec<String> = loaded.iter().filter(|j| !is_finished(j.state)).map(|j| j.id.clone()).collect();
+        let already = if open.is_empty() {
+            HashMap::new()
+        } else {
+            let path = shared.audit.path().to_path_buf();
+            tokio::task::spawn_blocking(move || super::audit::finished_lines(&path, &open))
+                .await
+                .map_err(|e| JobError::Internal(e.to_string()))?
+        };
+        let mut unpersisted = HashSet::new();
         for mut job in loaded {
-            if !is_finished(job.state) {
+            if let Some(line) = already.get(&job.id) {
+                // The outcome was audited but its record never reached the disk (it was
+                // full): take the outcome from the audit line, write no second one.
+                adopt_outcome(&mut job, line, now);
+                if let Err(e) = shared.persist(job.clone()).await {
+                    warn!(job_id = %job.id, error = %e, "cannot write a job's recovered record");
+                    unpersisted.insert(job.id.clone());
+                }
+                warn!(job_id = %job.id, state = state_name(job.state), "recovered a job's outcome from the audit log");
+            } else if !is_finished(job.state) {
                 let was = state_name(job.state);
                 job.error = if job.started_unix_ms == 0 {
                     "the agent stopped (restart, crash or reboot) before this job started; it never ran".into()
@@ -210,7 +287,12 @@ impl Shared {
                 job.state = JobState::Interrupted as i32;
                 job.finished_unix_ms = now;
                 job.output_bytes = shared.store.output_len(&job.id);
-                shared.persist(job.clone()).await?;
+                // A full disk must not keep the agent down: the record stays right in
+                // memory and is written again before any new job starts.
+                if let Err(e) = shared.persist(job.clone()).await {
+                    warn!(job_id = %job.id, error = %e, "cannot write an interrupted job's record");
+                    unpersisted.insert(job.id.clone());
+                }
                 warn!(job_id = %job.id, was, "marked a job interrupted: the agent stopped while it was {was}");
                 let line = json!({ "job_id": job.id, "state": "interrupted", "was": was, "error": job.error });
                 if let Err(e) = shared.audit.record("finished", None, line).await {
@@ -236,10 +318,23 @@ impl Shared {
                 },
             );
         }
+        inner.unpersisted = unpersisted;
         *shared.lock() = inner;
         shared.prune().await;
         Ok(shared)
     }
+}
+
+/// Takes a job's outcome from its `finished` audit line.
+fn adopt_outcome(job: &mut Job, line: &serde_json::Value, now: i64) {
+    let name = line["state"].as_str().unwrap_or("");
+    job.state = state_from_name(name).unwrap_or(JobState::Interrupted) as i32;
+    job.error = line["error"].as_str().unwrap_or("").to_string();
+    job.exit_code = line["exit_code"].as_i64().and_then(|c| i32::try_from(c).ok());
+    job.output_bytes = line["output_bytes"].as_u64().unwrap_or(job.output_bytes);
+    job.finished_unix_ms = chrono::DateTime::parse_from_rfc3339(line["time"].as_str().unwrap_or(""))
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(now);
 }
 
 #[cfg(test)]

@@ -265,9 +265,31 @@ pub async fn run(ctx: &mut JobCtx, cmd: &Cmd) -> Result<Finished, RunError> {
         .and_then(Pid::from_raw);
     let mut out = Stream::new(child.stdout.take());
     let mut err = Stream::new(child.stderr.take());
-    let mut captured = Vec::new();
     let mut status: Option<ExitStatus> = None;
+    let res = pump(ctx, cmd, &mut child, pgid, &mut out, &mut err, &mut status).await;
+    if let Err(RunError::Log(_)) = &res {
+        // The output cannot be kept (cap, free-space floor, write error): the job must
+        // not go on changing the host unrecorded. Kill the whole group now, no grace.
+        terminate(&mut child, pgid, status.is_some(), Duration::ZERO).await;
+    }
+    res
+}
 
+/// Moves output from the pipes to the log until the command ended or was interrupted.
+async fn pump<R1, R2>(
+    ctx: &mut JobCtx,
+    cmd: &Cmd,
+    child: &mut tokio::process::Child,
+    pgid: Option<Pid>,
+    out: &mut Stream<R1>,
+    err: &mut Stream<R2>,
+    status: &mut Option<ExitStatus>,
+) -> Result<Finished, RunError>
+where
+    R1: AsyncRead + Unpin,
+    R2: AsyncRead + Unpin,
+{
+    let mut captured = Vec::new();
     loop {
         if out.pipe.is_none() && err.pipe.is_none() && status.is_some() {
             break;
@@ -298,10 +320,10 @@ pub async fn run(ctx: &mut JobCtx, cmd: &Cmd) -> Result<Finished, RunError> {
             }
             s = child.wait(), if status.is_none() => {
                 match s {
-                    Ok(s) => status = Some(s),
+                    Ok(s) => *status = Some(s),
                     Err(e) => {
+                        *status = Some(ExitStatus::from_raw(0x7f00));
                         ctx.log.note(&format!("cannot wait for {}: {e}", cmd.display())).await.map_err(RunError::Log)?;
-                        status = Some(ExitStatus::from_raw(0x7f00));
                     }
                 }
             }
@@ -313,8 +335,8 @@ pub async fn run(ctx: &mut JobCtx, cmd: &Cmd) -> Result<Finished, RunError> {
                 };
                 ctx.log.note(&format!("{why}: stopping {} (SIGTERM, SIGKILL after {} s)", cmd.display(), ctx.grace.as_secs())).await.map_err(RunError::Log)?;
                 let grace = ctx.grace;
-                terminate(&mut child, pgid, status.is_some(), grace).await;
-                drain(ctx, &mut out, &mut err).await?;
+                terminate(child, pgid, status.is_some(), grace).await;
+                drain(ctx, out, err).await?;
                 return Err(RunError::Interrupted(i));
             }
         }

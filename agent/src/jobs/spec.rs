@@ -102,6 +102,21 @@ pub fn state_name(state: i32) -> &'static str {
     }
 }
 
+/// The state a name from `state_name` stands for.
+pub fn state_from_name(name: &str) -> Option<JobState> {
+    [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::TimedOut,
+        JobState::Interrupted,
+    ]
+    .into_iter()
+    .find(|s| state_name(*s as i32) == name)
+}
+
 /// Whether a state is final.
 pub fn is_finished(state: i32) -> bool {
     matches!(

@@ -1,6 +1,7 @@
-//! Jobs on disk: `<state_dir>/jobs/<job id>/job.pb` (the `ops.v1.Job` record, protobuf
-//! encoded: the wire type is the persisted record, so old agents' files stay readable)
-//! and `output.log` (the complete, untruncated output).
+//! Jobs on disk: `<state_dir>/jobs/<job id>/job.pb` (a `record::JobRecord`, protobuf
+//! encoded; the wire `Job` is converted at this boundary only, and old agents' records,
+//! which were wire `Job`s, stay readable) and `output.log` (the complete, untruncated
+//! output).
 //!
 //! Records are replaced atomically (temp file, fsync, rename, fsync of the directory) so
 //! that a crash leaves either the old record or the new one, never half of one. This
@@ -13,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use ops_proto::v1::Job;
 use prost::Message;
+
+use super::record::JobRecord;
 
 const RECORD_FILE: &str = "job.pb";
 const RECORD_TMP: &str = "job.pb.tmp";
@@ -99,7 +102,7 @@ impl Store {
             .mode(0o600)
             .open(&tmp)
             .map_err(err("create", &tmp))?;
-        f.write_all(&job.encode_to_vec())
+        f.write_all(&JobRecord::from(job).encode_to_vec())
             .map_err(err("write", &tmp))?;
         f.sync_all().map_err(err("fsync", &tmp))?;
         drop(f);
@@ -121,7 +124,7 @@ impl Store {
             }
             let record = dir.join(RECORD_FILE);
             match fs::read(&record) {
-                Ok(bytes) => match Job::decode(bytes.as_slice()) {
+                Ok(bytes) => match JobRecord::decode(bytes.as_slice()).map(Job::from) {
                     Ok(job) if Some(job.id.as_str()) == entry.file_name().to_str() => {
                         jobs.push(job)
                     }
@@ -141,6 +144,43 @@ impl Store {
             }
         }
         Ok((jobs, bad))
+    }
+
+    /// Blocking: removes what a crash can leave behind, and returns each removal with
+    /// why: a job directory holding nothing but a temporary record and an empty output log
+    /// (the crash came before its first record was in place), and temporary records beside
+    /// a complete one. A directory with anything else in it is left for `load_all`.
+    pub fn remove_leftovers(&self) -> Vec<(PathBuf, String)> {
+        let mut removed = Vec::new();
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return removed;
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let tmp = dir.join(RECORD_TMP);
+            let has_record = dir.join(RECORD_FILE).exists();
+            if has_record {
+                if tmp.exists() && fs::remove_file(&tmp).is_ok() {
+                    removed.push((tmp, "removed a temporary record left by a crash".into()));
+                }
+                continue;
+            }
+            let Ok(names) = fs::read_dir(&dir) else {
+                continue;
+            };
+            let only_leftovers = names.flatten().all(|f| {
+                let name = f.file_name();
+                name == RECORD_TMP
+                    || (name == OUTPUT_FILE && f.metadata().map(|m| m.len() == 0).unwrap_or(false))
+            });
+            if only_leftovers && fs::remove_dir_all(&dir).is_ok() {
+                removed.push((dir, "removed a job directory left by a crash before its first record".into()));
+            }
+        }
+        removed
     }
 
     /// Length of a job's output log (0 when it is missing).

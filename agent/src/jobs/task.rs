@@ -3,7 +3,10 @@
 //!
 //! Runs in its own tokio task, so a caller that disconnects changes nothing. Whatever
 //! happens, the job ends with a final state on disk: this task never returns early
-//! without going through `finish`.
+//! without going through `finish`. The kind runs in a task of its own, so that a panic in
+//! it ends the job `failed` and frees the slot instead of holding it for ever. The final
+//! record is written before the slot goes to the next job, and each job gets exactly
+//! one `finished` audit line.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +18,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::kinds::{self, Outcome, Prepared, Report};
-use super::output::OutputLog;
+use super::output::Progress;
+use super::output::{OutputLimits, OutputLog};
 use super::registry::{now_ms, Shared};
 use super::runner::{Interrupt, JobCtx, StopReason};
 use super::spec::{result_json, state_name};
@@ -60,7 +64,12 @@ pub(super) async fn run_job(
             }
         }
     }
-    let log = match OutputLog::open(&sh.store.output_path(&id), progress).await {
+    let limits = OutputLimits {
+        max_bytes: sh.settings.jobs.max_output_bytes,
+        min_free_bytes: sh.settings.jobs.min_free_bytes,
+        state_dir: sh.settings.state_dir.clone(),
+    };
+    let log = match OutputLog::open(&sh.store.output_path(&id), progress.clone(), limits).await {
         Ok(log) => log,
         Err(e) => {
             finish(
@@ -73,12 +82,58 @@ pub(super) async fn run_job(
             return;
         }
     };
-    let mut ctx = JobCtx::new(log, stop, Instant::now() + timeout, sh.grace());
-    let report = kinds::execute(prepared, &mut ctx, &sh.settings).await;
-    if let Err(e) = ctx.log.sync().await {
-        warn!(job_id = %id, error = %e, "cannot fsync a job's output log");
+    let ctx = JobCtx::new(log, stop, Instant::now() + timeout, sh.grace());
+    let worker = sh.clone();
+    let exec = move |mut ctx: JobCtx| async move {
+        let report = kinds::execute(prepared, &mut ctx, &worker.settings).await;
+        (report, ctx)
+    };
+    let (report, written) = run_guarded(&id, ctx, exec, &progress).await;
+    finish(&sh, &id, report, written).await;
+}
+
+/// Runs a job's body in a task of its own: a panic there becomes a `failed` report with
+/// the panic's message instead of a task that never records its end. A bound the output
+/// log hit (cap, free-space floor) overrides the body's own report, so the job always
+/// says which bound stopped it.
+pub(super) async fn run_guarded<F, Fut>(
+    id: &str,
+    ctx: JobCtx,
+    exec: F,
+    progress: &watch::Sender<Progress>,
+) -> (Report, u64)
+where
+    F: FnOnce(JobCtx) -> Fut,
+    Fut: std::future::Future<Output = (Report, JobCtx)> + Send + 'static,
+{
+    match tokio::spawn(exec(ctx)).await {
+        Ok((report, mut ctx)) => {
+            if let Err(e) = ctx.log.sync().await {
+                warn!(job_id = %id, error = %e, "cannot fsync a job's output log");
+            }
+            let report = match ctx.log.limit_hit() {
+                Some(hit) => Report {
+                    outcome: Outcome::Failed(hit.to_string()),
+                    ..report
+                },
+                None => report,
+            };
+            (report, ctx.log.written())
+        }
+        Err(e) => {
+            let why = match e.try_into_panic() {
+                Ok(p) => p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into()),
+                Err(e) => e.to_string(),
+            };
+            warn!(job_id = %id, panic = %why, "a job's task panicked");
+            let written = progress.borrow().written;
+            (Report::failed(format!("internal error: the job's task panicked ({why}); its process was killed")), written)
+        }
     }
-    finish(&sh, &id, report, ctx.log.written()).await;
 }
 
 /// The final state and error text for a report.
@@ -108,7 +163,8 @@ fn final_state(report: &Report, started: bool, timeout_seconds: u32) -> (JobStat
     }
 }
 
-/// Records the outcome, releases the slot, tells watchers, prunes.
+/// Records the outcome (record first, then the slot goes to the next job, then the
+/// audit line), tells watchers, prunes.
 async fn finish(sh: &Arc<Shared>, id: &str, report: Report, written: u64) {
     let (job, progress): (Job, _) = {
         let mut inner = sh.lock();
@@ -125,7 +181,13 @@ async fn finish(sh: &Arc<Shared>, id: &str, report: Report, written: u64) {
         e.job.output_bytes = written;
         e.stop = None;
         e.go = None;
-        let out = (e.job.clone(), e.progress.clone());
+        (e.job.clone(), e.progress.clone())
+    };
+    // On disk before the next job may start; on a full disk it stays right in memory and
+    // no new job is admitted until it is written.
+    sh.persist_or_remember(job.clone()).await;
+    {
+        let mut inner = sh.lock();
         if inner.running.as_deref() == Some(id) {
             inner.running = None;
             if !inner.shutting_down {
@@ -138,10 +200,6 @@ async fn finish(sh: &Arc<Shared>, id: &str, report: Report, written: u64) {
                 }
             }
         }
-        out
-    };
-    if let Err(e) = sh.persist(job.clone()).await {
-        warn!(job_id = %id, error = %e, "cannot record a job's outcome");
     }
     let line = json!({
         "job_id": id,
@@ -166,6 +224,38 @@ async fn finish(sh: &Arc<Shared>, id: &str, report: Report, written: u64) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_job_body_that_panics_becomes_a_failed_report_naming_the_panic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("output.log");
+        std::fs::write(&path, b"").unwrap();
+        let progress = watch::Sender::new(Progress::default());
+        let limits = OutputLimits {
+            max_bytes: 1 << 20,
+            min_free_bytes: 0,
+            state_dir: tmp.path().to_path_buf(),
+        };
+        let log = OutputLog::open(&path, progress.clone(), limits).await.unwrap();
+        let (_stop_tx, stop) = watch::channel(None);
+        let ctx = JobCtx::new(log, stop, Instant::now() + Duration::from_secs(60), Duration::from_secs(1));
+        let exec = |mut ctx: JobCtx| async move {
+            ctx.log.append(b"before the bug\n").await.unwrap();
+            let bug: Option<()> = None;
+            if bug.is_none() {
+                panic!("kind bug");
+            }
+            (Report::failed(String::from("unreachable")), ctx)
+        };
+        let (report, written) = tokio::time::timeout(Duration::from_secs(30), run_guarded("j1", ctx, exec, &progress))
+            .await
+            .unwrap();
+        match report.outcome {
+            Outcome::Failed(e) => assert!(e.contains("panicked (kind bug)"), "{e}"),
+            other => panic!("expected failed, got {other:?}"),
+        }
+        assert_eq!(written, 15);
+    }
 
     #[test]
     fn outcomes_map_to_states_with_reasons() {

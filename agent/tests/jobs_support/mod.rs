@@ -90,6 +90,7 @@ pub fn operator() -> PeerIdentity {
         name: "ops-ci".into(),
         role: Some(Role::Operator),
         role_claim: "operator".into(),
+        ..Default::default()
     }
 }
 
@@ -98,6 +99,7 @@ pub fn viewer() -> PeerIdentity {
         name: "dashboard".into(),
         role: Some(Role::Viewer),
         role_claim: "viewer".into(),
+        ..Default::default()
     }
 }
 

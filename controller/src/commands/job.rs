@@ -330,11 +330,33 @@ pub fn finish(job: &Job, output: OutputFormat, out: &mut dyn Write) -> std::io::
     Ok(if job.state == JobState::Succeeded as i32 { 0 } else { 1 })
 }
 
-/// `job list`.
+/// Jobs `job list` shows when no limit is given.
+const DEFAULT_LIST_JOBS: u32 = 50;
+/// Jobs asked for per `ListJobs` page; the agent may send fewer and say more follow.
+const LIST_PAGE_SIZE: usize = 100;
+
+/// `job list`: the newest `limit` jobs (0: `DEFAULT_LIST_JOBS`), following the agent's
+/// pages, which it keeps small enough for any answer to fit in a gRPC message.
 pub async fn list(dialer: &Dialer, host: &Host, limit: u32) -> Result<Vec<Job>, JobCmdError> {
     let wrap = |source| JobCmdError::Call { host: host.name.clone(), source };
+    let want = if limit == 0 { DEFAULT_LIST_JOBS } else { limit } as usize;
     let mut c = dialer.connect(host).await.map_err(wrap)?;
-    Ok(c.list_jobs(ListJobsRequest { limit }).await.map_err(|s| wrap(call_error(&s)))?.into_inner().jobs)
+    let mut jobs = Vec::new();
+    let mut page_token = String::new();
+    while jobs.len() < want {
+        let page_size = u32::try_from((want - jobs.len()).min(LIST_PAGE_SIZE)).unwrap_or(u32::MAX);
+        let req = ListJobsRequest { limit: page_size, page_size, page_token };
+        let page = c.list_jobs(req).await.map_err(|s| wrap(call_error(&s)))?.into_inner();
+        // An empty page ends the walk even with a token, so a confused agent cannot loop us.
+        let empty = page.jobs.is_empty();
+        jobs.extend(page.jobs);
+        if empty || page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    jobs.truncate(want);
+    Ok(jobs)
 }
 
 /// `job get`.
