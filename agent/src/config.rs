@@ -38,6 +38,9 @@ pub struct AgentConfig {
     /// `[services]`: units RestartService may restart.
     #[serde(default)]
     pub services: ServicesConfig,
+    /// `[limits]`: how much an unauthenticated peer or a connected caller may hold.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -203,7 +206,96 @@ impl AgentConfig {
         if self.metadata.timeout_ms == 0 || self.metadata.timeout_ms > 10_000 {
             return Err("metadata.timeout_ms must be between 1 and 10000".into());
         }
+        self.limits.validate()
+    }
+}
+
+/// `[limits]`: bounds on what peers may hold, before and after authentication. The
+/// defaults keep a small agent small under a flood and still let the controller in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// A TLS handshake that has not finished in this time is dropped.
+    pub handshake_timeout_ms: u64,
+    /// Handshakes in progress at once; when full, the oldest pending one is closed.
+    pub max_pending_handshakes: usize,
+    /// Handshakes in progress from one source address; when full, that source's oldest
+    /// pending one is closed, so a flood from one address only evicts itself.
+    pub max_pending_handshakes_per_source: usize,
+    /// HTTP/2 streams (calls) one connection may have open at once.
+    pub max_concurrent_streams_per_connection: u32,
+    /// Snapshot streams open at once over all connections.
+    pub max_snapshot_streams: usize,
+    /// Job watches open at once over all connections.
+    pub max_job_watches: usize,
+    /// HTTP/2 receive window the agent grants per stream, in bytes.
+    pub stream_window_bytes: u32,
+    /// HTTP/2 receive window the agent grants per connection, in bytes.
+    pub connection_window_bytes: u32,
+    /// Server-side deadline of a unary call (and of a stream's setup), in milliseconds.
+    pub unary_timeout_ms: u64,
+    /// HTTP/2 PING sent after this much idleness on a connection...
+    pub keepalive_interval_ms: u64,
+    /// ...and the connection closed if its answer takes longer than this.
+    pub keepalive_timeout_ms: u64,
+    /// Warnings of one kind written per minute; the rest are counted and summarised.
+    pub warnings_per_minute: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            handshake_timeout_ms: 3_000,
+            max_pending_handshakes: 256,
+            max_pending_handshakes_per_source: 16,
+            max_concurrent_streams_per_connection: 32,
+            max_snapshot_streams: 32,
+            max_job_watches: 32,
+            stream_window_bytes: 64 * 1024,
+            connection_window_bytes: 256 * 1024,
+            unary_timeout_ms: 90_000,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
+            warnings_per_minute: 20,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Each bound within a range that still works: a cap of 0 would lock everyone out.
+    pub fn validate(&self) -> Result<(), String> {
+        fn range<T: PartialOrd + std::fmt::Display>(key: &str, v: T, lo: T, hi: T) -> Result<(), String> {
+            if v < lo || v > hi {
+                return Err(format!("limits.{key} = {v}: must be between {lo} and {hi}"));
+            }
+            Ok(())
+        }
+        range("handshake_timeout_ms", self.handshake_timeout_ms, 100, 60_000)?;
+        range("max_pending_handshakes", self.max_pending_handshakes, 1, 65_536)?;
+        range("max_pending_handshakes_per_source", self.max_pending_handshakes_per_source, 1, 65_536)?;
+        if self.max_pending_handshakes_per_source > self.max_pending_handshakes {
+            return Err(format!(
+                "limits.max_pending_handshakes_per_source = {} exceeds limits.max_pending_handshakes = {}",
+                self.max_pending_handshakes_per_source, self.max_pending_handshakes
+            ));
+        }
+        range("max_concurrent_streams_per_connection", self.max_concurrent_streams_per_connection, 1, 10_000)?;
+        range("max_snapshot_streams", self.max_snapshot_streams, 1, 10_000)?;
+        range("max_job_watches", self.max_job_watches, 1, 10_000)?;
+        range("stream_window_bytes", self.stream_window_bytes, 16 * 1024, 16 * 1024 * 1024)?;
+        range("connection_window_bytes", self.connection_window_bytes, 16 * 1024, 64 * 1024 * 1024)?;
+        if self.connection_window_bytes < self.stream_window_bytes {
+            return Err("limits.connection_window_bytes must be at least limits.stream_window_bytes".into());
+        }
+        range("unary_timeout_ms", self.unary_timeout_ms, 1_000, 3_600_000)?;
+        range("keepalive_interval_ms", self.keepalive_interval_ms, 1_000, 3_600_000)?;
+        range("keepalive_timeout_ms", self.keepalive_timeout_ms, 100, 600_000)?;
+        range("warnings_per_minute", self.warnings_per_minute, 1, 100_000)?;
         Ok(())
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
     }
 }
 
@@ -245,6 +337,18 @@ mod tests {
         let p = write(dir.path(), &format!("listen = \"localhost\"\n{TLS}"));
         let err = AgentConfig::load(&p).unwrap_err().to_string();
         assert!(err.contains("listen = \"localhost\""), "{err}");
+    }
+
+    #[test]
+    fn a_limit_out_of_range_is_named_with_its_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), &format!("listen = \"127.0.0.1:0\"\n{TLS}[limits]\nmax_snapshot_streams = 0\n"));
+        let err = AgentConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains("limits.max_snapshot_streams = 0") && err.contains("between 1 and"), "{err}");
+        let p = write(dir.path(), &format!("listen = \"127.0.0.1:0\"\n{TLS}[limits]\nhandshake_timeout_ms = 2000\n"));
+        let cfg = AgentConfig::load(&p).unwrap();
+        assert_eq!(cfg.limits.handshake_timeout(), Duration::from_secs(2));
+        assert_eq!(cfg.limits.max_job_watches, LimitsConfig::default().max_job_watches);
     }
 
     #[test]

@@ -7,5 +7,7 @@ pub mod collect;
 pub mod jobs;
 pub mod config;
 pub mod imds;
+pub mod metrics;
+pub mod pending;
 pub mod server;
 pub mod service;

@@ -3,7 +3,10 @@
 //! connections, reloads certificates when their files change, and shuts down gracefully.
 //!
 //! A connection that fails the handshake (no client certificate, another CA, expired)
-//! never reaches a handler: it is logged and dropped here.
+//! never reaches a handler: it is logged (rate-limited) and dropped here. Before
+//! authentication a peer gets a short handshake deadline and a slot in the capped
+//! pending table (`pending`); after it, HTTP/2 limits (streams per connection, windows,
+//! keepalive) and a server-side deadline bound what one caller can hold.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -14,20 +17,18 @@ use ops_proto::tls::{self, PeerStream, TlsPaths};
 use ops_proto::v1::agent_server::AgentServer;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, LimitsConfig};
+use crate::metrics::{Limit, Metrics, WarnLimiter, WARN_WINDOW};
+use crate::pending::Pending;
 use crate::service::AgentService;
 
 /// Verified connections waiting for the gRPC server to pick them up.
 const ACCEPTED_QUEUE: usize = 64;
-/// Handshakes in progress at once; more connections wait in the kernel's backlog.
-const MAX_PENDING_HANDSHAKES: usize = 256;
-/// A client that does not finish its handshake in this time is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight calls may run after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -40,6 +41,8 @@ pub struct Stats {
     pub refused_handshakes: AtomicU64,
     /// Successful certificate reloads.
     pub tls_reloads: AtomicU64,
+    /// The counters served by GetAgentStats.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Starting or running the server failed.
@@ -168,13 +171,16 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, ServeError> {
     health.set_serving::<AgentServer<AgentService>>().await;
 
     let (conn_tx, conn_rx) = mpsc::channel::<Result<PeerStream, std::io::Error>>(ACCEPTED_QUEUE);
-    tokio::spawn(accept_loop(listener, tls_state.clone(), conn_tx, stats.clone(), shutdown_rx.clone()));
+    let warn = Arc::new(WarnLimiter::new(cfg.limits.warnings_per_minute, WARN_WINDOW, stats.metrics.clone()));
+    let handshakes = Handshakes { tls: tls_state.clone(), limits: cfg.limits.clone(), stats: stats.clone(), warn };
+    tokio::spawn(accept_loop(listener, handshakes, conn_tx, shutdown_rx.clone()));
     let reload_every = Duration::from_secs(cfg.tls.reload_check_seconds);
     tokio::spawn(reload_loop(tls_state, reload_every, stats.clone(), shutdown_rx.clone()));
 
+    let limits = cfg.limits.clone();
     let mut drain_rx = shutdown_rx.clone();
     let task = tokio::spawn(async move {
-        let server = Server::builder()
+        let server = limited_server(&limits)
             .add_service(health_service)
             .add_service(AgentServer::new(service))
             .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), wait_for(shutdown_rx));
@@ -201,25 +207,42 @@ async fn wait_for(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
+/// The server builder with the post-authentication limits of `[limits]`. The unary
+/// deadline covers a streaming call only until its stream is returned.
+fn limited_server(l: &LimitsConfig) -> Server {
+    Server::builder()
+        .max_concurrent_streams(l.max_concurrent_streams_per_connection)
+        .initial_stream_window_size(l.stream_window_bytes)
+        .initial_connection_window_size(l.connection_window_bytes)
+        .http2_adaptive_window(Some(false))
+        .http2_keepalive_interval(Some(Duration::from_millis(l.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(l.keepalive_timeout_ms)))
+        .timeout(Duration::from_millis(l.unary_timeout_ms))
+}
+
+/// What every handshake task needs.
+#[derive(Clone)]
+struct Handshakes {
+    tls: Arc<TlsState>,
+    limits: LimitsConfig,
+    stats: Arc<Stats>,
+    warn: Arc<WarnLimiter>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    tls_state: Arc<TlsState>,
+    hs: Handshakes,
     conns: mpsc::Sender<Result<PeerStream, std::io::Error>>,
-    stats: Arc<Stats>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let pending = Pending::new(hs.limits.max_pending_handshakes, hs.limits.max_pending_handshakes_per_source);
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = wait_for(shutdown.clone()) => return,
-        };
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
+                    hs.warn.warn("accept failed", || format!("accept failed: {e}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -227,31 +250,71 @@ async fn accept_loop(
             _ = wait_for(shutdown.clone()) => return,
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls_state.current());
-        let conns = conns.clone();
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => {
-                    let stream = PeerStream::new(stream);
-                    if stream.info().identity.is_none() {
-                        tracing::warn!("refused connection from {peer}: client certificate unreadable");
-                        stats.refused_handshakes.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    let _ = conns.send(Ok(stream)).await;
-                }
-                Ok(Err(e)) => {
-                    stats.refused_handshakes.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("refused TLS connection from {peer}: {e}");
-                }
-                Err(_) => {
-                    stats.refused_handshakes.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("TLS handshake from {peer} did not finish within {} s", HANDSHAKE_TIMEOUT.as_secs());
-                }
+        let (slot, evicted, made_room) = pending.admit(peer.ip());
+        let m = &hs.stats.metrics;
+        if let Some(limit) = made_room {
+            m.hit(limit);
+            m.handshakes_evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        m.handshakes_pending.store(pending.len() as u64, Ordering::Relaxed);
+        tokio::spawn(handshake(tcp, peer, hs.clone(), slot, evicted, pending.clone(), conns.clone()));
+    }
+}
+
+/// One TLS handshake: ends when it completes, fails, overruns its deadline, or is
+/// evicted from the pending table to make room for a newer connection.
+async fn handshake(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    hs: Handshakes,
+    slot: crate::pending::Slot,
+    evicted: crate::pending::Evicted,
+    pending: Pending,
+    conns: mpsc::Sender<Result<PeerStream, std::io::Error>>,
+) {
+    let m = hs.stats.metrics.clone();
+    let acceptor = tokio_rustls::TlsAcceptor::from(hs.tls.current());
+    let deadline = hs.limits.handshake_timeout();
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(deadline, acceptor.accept(tcp)) => Some(r),
+        why = evicted => {
+            if let Ok(limit) = why {
+                hs.warn.warn("handshake evicted", || {
+                    format!("closed pending TLS handshake from {peer}: {} is full", limit.key())
+                });
             }
-        });
+            None
+        }
+    };
+    drop(slot);
+    m.handshakes_pending.store(pending.len() as u64, Ordering::Relaxed);
+    match outcome {
+        None => {}
+        Some(Ok(Ok(stream))) => {
+            let stream = PeerStream::new(stream);
+            if stream.info().identity.is_none() {
+                hs.warn.warn("refused handshake", || {
+                    format!("refused connection from {peer}: client certificate unreadable")
+                });
+                hs.stats.refused_handshakes.fetch_add(1, Ordering::Relaxed);
+                m.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let _ = conns.send(Ok(stream)).await;
+        }
+        Some(Ok(Err(e))) => {
+            hs.stats.refused_handshakes.fetch_add(1, Ordering::Relaxed);
+            m.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+            hs.warn.warn("refused handshake", || format!("refused TLS connection from {peer}: {e}"));
+        }
+        Some(Err(_)) => {
+            hs.stats.refused_handshakes.fetch_add(1, Ordering::Relaxed);
+            m.handshakes_timed_out.fetch_add(1, Ordering::Relaxed);
+            m.hit(Limit::HandshakeTimeout);
+            hs.warn.warn("handshake timed out", || {
+                format!("TLS handshake from {peer} did not finish within {} ms ({})", deadline.as_millis(), Limit::HandshakeTimeout.key())
+            });
+        }
     }
 }
 

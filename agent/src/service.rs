@@ -2,7 +2,9 @@
 //! the async threads, and maps errors to deliberate status codes.
 //!
 //! Read-only RPCs need any known role; changing the host needs `operator`. A caller
-//! with no known role gets PERMISSION_DENIED, and the refusal is logged.
+//! with no known role gets PERMISSION_DENIED, and the refusal is logged. Snapshot
+//! streams and job watches each hold a permit of a global limit while open; one over the
+//! limit gets RESOURCE_EXHAUSTED naming the config key.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -12,7 +14,7 @@ use ops_proto::identity::{PeerIdentity, Role};
 use ops_proto::tls::PeerInfo;
 use ops_proto::v1::agent_server::Agent;
 use ops_proto::v1::*;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -20,6 +22,7 @@ use crate::authlog::AuthLog;
 use crate::collect::{self, RawSample};
 use crate::config::AgentConfig;
 use crate::jobs::JobManager;
+use crate::metrics::{Gauge, Held, Limit};
 use crate::server::Stats;
 
 /// Snapshots buffered per stream; when the caller reads slower, samples are dropped and counted.
@@ -55,6 +58,10 @@ struct Inner {
     stats: Arc<Stats>,
     shutdown: watch::Receiver<bool>,
     jobs: Arc<JobManager>,
+    snapshot_streams: Arc<Semaphore>,
+    job_watches: Arc<Semaphore>,
+    limits: crate::config::LimitsConfig,
+    started: std::time::Instant,
 }
 
 impl AgentService {
@@ -86,7 +93,26 @@ impl AgentService {
                 stats,
                 shutdown,
                 jobs,
+                snapshot_streams: Arc::new(Semaphore::new(cfg.limits.max_snapshot_streams)),
+                job_watches: Arc::new(Semaphore::new(cfg.limits.max_job_watches)),
+                limits: cfg.limits.clone(),
+                started: std::time::Instant::now(),
             }),
+        })
+    }
+
+    /// A permit of a stream limit, or RESOURCE_EXHAUSTED naming the limit and its value.
+    fn permit(&self, limit: Limit) -> Result<OwnedSemaphorePermit, Status> {
+        let (sem, max, what) = match limit {
+            Limit::JobWatches => (&self.inner.job_watches, self.inner.limits.max_job_watches, "job watches"),
+            _ => (&self.inner.snapshot_streams, self.inner.limits.max_snapshot_streams, "snapshot streams"),
+        };
+        sem.clone().try_acquire_owned().map_err(|_| {
+            self.inner.stats.metrics.hit(limit);
+            Status::resource_exhausted(format!(
+                "{max} {what} are already open on this agent ({} = {max}); close one or raise the limit",
+                limit.key()
+            ))
         })
     }
 
@@ -213,7 +239,7 @@ impl Agent for AgentService {
         Ok(Response::new(self.snapshot(top_n(r.top_n), interval).await?))
     }
 
-    type StreamSnapshotsStream = ReceiverStream<Result<Snapshot, Status>>;
+    type StreamSnapshotsStream = Held<ReceiverStream<Result<Snapshot, Status>>>;
 
     async fn stream_snapshots(&self, req: Request<StreamSnapshotsRequest>) -> Result<Response<Self::StreamSnapshotsStream>, Status> {
         authorize(&req, Role::Viewer, "stream snapshots")?;
@@ -222,6 +248,7 @@ impl Agent for AgentService {
         if interval < MIN_STREAM_INTERVAL {
             return Err(Status::invalid_argument(format!("interval_ms = {}: the minimum is {}", r.interval_ms, MIN_STREAM_INTERVAL.as_millis())));
         }
+        let permit = self.permit(Limit::SnapshotStreams)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stats = self.inner.stats.clone();
         let shutdown = self.inner.shutdown.clone();
@@ -230,7 +257,8 @@ impl Agent for AgentService {
             produce_snapshots(tx, interval, top_n(r.top_n), r.max_count, shutdown).await;
             stats.active_streams.fetch_sub(1, Ordering::SeqCst);
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let metrics = self.inner.stats.metrics.clone();
+        Ok(Response::new(Held::new(ReceiverStream::new(rx), metrics, Gauge::SnapshotStreams, permit)))
     }
 
     async fn get_auth_failures(&self, req: Request<AuthFailuresRequest>) -> Result<Response<AuthFailures>, Status> {
@@ -265,17 +293,32 @@ impl Agent for AgentService {
         Ok(Response::new(ListJobsResponse { jobs, next_page_token }))
     }
 
-    type WatchJobStream = ReceiverStream<Result<JobEvent, Status>>;
+    type WatchJobStream = Held<ReceiverStream<Result<JobEvent, Status>>>;
 
     async fn watch_job(&self, req: Request<WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         authorize(&req, Role::Viewer, "watch jobs")?;
         let r = req.into_inner();
-        Ok(Response::new(self.inner.jobs.watch(&r.job_id, r.from_offset)?))
+        let permit = self.permit(Limit::JobWatches)?;
+        let events = self.inner.jobs.watch(&r.job_id, r.from_offset)?;
+        let metrics = self.inner.stats.metrics.clone();
+        Ok(Response::new(Held::new(events, metrics, Gauge::JobWatches, permit)))
     }
 
     async fn cancel_job(&self, req: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
         let who = caller(&req)?;
         Ok(Response::new(self.inner.jobs.cancel(&req.into_inner().job_id, &who).await?))
+    }
+
+    async fn get_agent_stats(&self, req: Request<AgentStatsRequest>) -> Result<Response<AgentStats>, Status> {
+        authorize(&req, Role::Viewer, "read agent stats")?;
+        let mut stats = self.inner.stats.metrics.to_proto();
+        let mut by_state = std::collections::BTreeMap::<i32, u64>::new();
+        for job in self.inner.jobs.list(usize::MAX).await {
+            *by_state.entry(job.state).or_default() += 1;
+        }
+        stats.jobs_by_state = by_state.into_iter().map(|(state, count)| JobStateCount { state, count }).collect();
+        stats.uptime_seconds = self.inner.started.elapsed().as_secs();
+        Ok(Response::new(stats))
     }
 }
 

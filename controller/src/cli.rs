@@ -180,7 +180,12 @@ pub enum JobCommand {
 #[derive(Debug, Subcommand)]
 pub enum FleetCommand {
     /// Contact every agent: reachable, identity, version, uptime, round trip.
-    Ping,
+    Ping {
+        /// Also read each agent's own counters (handshakes refused, streams open,
+        /// samples dropped, jobs by state, limits hit).
+        #[arg(long)]
+        stats: bool,
+    },
     /// List the fleet as discovered (no agent is contacted).
     List,
 }
@@ -224,13 +229,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let output = cli.output;
     match cli.command {
         Command::Pki(cmd) => run_pki(cmd),
-        Command::Fleet(FleetCommand::Ping) => {
+        Command::Fleet(FleetCommand::Ping { stats }) => {
             let cfg = ControllerConfig::load(&cli.config)?;
             let hosts = fleet::discover(&cfg).await?;
             let dialer = Dialer::from_config(&cfg)?;
-            let rows = ping::ping(&dialer, &hosts).await;
+            let rows = ping::ping(&dialer, &hosts, stats).await;
             match output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                OutputFormat::Table if stats => print!("{}{}", ping::render(&rows), ping::render_stats(&rows)),
                 OutputFormat::Table => print!("{}", ping::render(&rows)),
             }
             Ok(if rows.iter().all(|r| r.reachable) { 0 } else { 1 })
