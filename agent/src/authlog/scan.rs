@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use aho_corasick::{AhoCorasick, BuildError, Input, MatchKind};
 
-use super::parse::{Kind, LineParser, Verdict};
+use super::parse::{Kind, LineParser, Programs, Verdict};
 use super::timestamp::SyslogClock;
 
 /// Most bytes held at once: large enough that syscalls and the per-chunk carry-over
@@ -43,13 +43,13 @@ pub(crate) struct Scanner {
 }
 
 impl Scanner {
-    pub(crate) fn new() -> Result<Scanner, BuildError> {
+    pub(crate) fn new(programs: Programs) -> Result<Scanner, BuildError> {
         let markers = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostFirst)
             .build(Kind::MARKERS)?;
         Ok(Scanner {
             markers,
-            parser: LineParser::new(),
+            parser: LineParser::new(programs),
             buf: Vec::new(),
         })
     }
@@ -62,7 +62,7 @@ impl Scanner {
         expected_len: Option<u64>,
         tail: Tail,
         clock: &mut SyslogClock,
-        on_event: &mut impl FnMut(i64, Kind, &[u8], IpAddr),
+        on_event: &mut impl FnMut(i64, Kind, &[u8], Option<IpAddr>, u32),
     ) -> ScanOutcome {
         let want = expected_len
             .and_then(|len| usize::try_from(len.saturating_add(1)).ok())
@@ -82,7 +82,7 @@ impl Scanner {
         reader: &mut impl Read,
         tail: Tail,
         clock: &mut SyslogClock,
-        on_event: &mut impl FnMut(i64, Kind, &[u8], IpAddr),
+        on_event: &mut impl FnMut(i64, Kind, &[u8], Option<IpAddr>, u32),
     ) -> ScanOutcome {
         let mut outcome = ScanOutcome::default();
         // Bytes at the start of `buf` carried over from the previous chunk (a partial line).
@@ -118,7 +118,7 @@ impl Scanner {
         &self,
         hay: &[u8],
         clock: &mut SyslogClock,
-        on_event: &mut impl FnMut(i64, Kind, &[u8], IpAddr),
+        on_event: &mut impl FnMut(i64, Kind, &[u8], Option<IpAddr>, u32),
     ) -> u64 {
         let mut malformed = 0;
         let mut pos = 0;
@@ -135,9 +135,13 @@ impl Scanner {
             if let Some(&kind) = Kind::ALL.get(found.pattern().as_usize()) {
                 match self.parser.classify(line, found.start() - start, kind) {
                     Verdict::Failure(failure) => match clock.resolve(failure.stamp) {
-                        Some(unix_ms) => {
-                            on_event(unix_ms, failure.kind, failure.user, failure.source)
-                        }
+                        Some(unix_ms) => on_event(
+                            unix_ms,
+                            failure.kind,
+                            failure.user,
+                            failure.source,
+                            failure.repeat,
+                        ),
                         None => malformed += 1,
                     },
                     Verdict::Malformed => malformed += 1,
@@ -201,7 +205,7 @@ mod tests {
     }
 
     fn run(data: &[u8], tail: Tail, buffer: usize) -> (Vec<(i64, Kind, String)>, ScanOutcome) {
-        let scanner = Scanner::new().unwrap();
+        let scanner = Scanner::new(Programs::default()).unwrap();
         let mut clock = SyslogClock::new(SystemTime::now());
         let mut events = Vec::new();
         let mut buf = vec![0u8; buffer];
@@ -210,7 +214,7 @@ mod tests {
             &mut Trickle { data, step: 7 },
             tail,
             &mut clock,
-            &mut |ms, kind, user, _| {
+            &mut |ms, kind, user, _, _| {
                 events.push((ms, kind, String::from_utf8_lossy(user).into_owned()))
             },
         );

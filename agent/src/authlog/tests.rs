@@ -101,25 +101,26 @@ fn rhel_secure_fixture_counts_each_kind_since_the_cutoff() {
             got.failed_publickey,
             got.total
         ),
-        (5, 1, 1, 7)
+        (6, 1, 1, 8),
+        "`message repeated 2 times` counts twice"
     );
     assert_eq!(
         names(&got.top_users),
-        [("root", 3), ("oracle", 2), ("git", 1)]
+        [("root", 4), ("oracle", 2), ("git", 1)]
     );
     assert_eq!(
         names(&got.top_sources),
-        [("203.0.113.5", 3), ("2001:db8::7", 2), ("192.0.2.77", 1)]
+        [("203.0.113.5", 4), ("2001:db8::7", 2), ("192.0.2.77", 1)]
     );
-    // Truncated, unstamped, bad address, and binary garbage before the marker.
-    assert_eq!(got.malformed_lines, 4);
+    // Truncated, unstamped and bad address; binary garbage names no accepted program.
+    assert_eq!(got.malformed_lines, 3);
     assert_eq!(got.bytes_read, size(&live));
     assert_eq!(got.files_read, [shown(&live)]);
     assert_eq!(got.oldest_event_unix_ms, local_ms(2026, 11, 29, 23, 59, 59));
     assert_eq!(got.evicted_events, 0);
 
     let all = log.query(0, 10, false).unwrap();
-    assert_eq!(all.total, 8);
+    assert_eq!(all.total, 9);
     assert!(
         names(&all.top_users).contains(&("\u{fffd}t\u{fffd}", 1)),
         "{:?}",
