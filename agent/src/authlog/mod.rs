@@ -73,10 +73,10 @@ impl AuthLogError {
     }
 }
 
-/// Bytes before the read offset remembered to recognise the same file content later: a
-/// file truncated in place and refilled past the offset no longer has them there, and the
-/// copy that `copytruncate` left does.
-const MARK_BYTES: usize = 64;
+/// Bytes before the read offset are remembered ([`MARK_BYTES`]) to recognise the same
+/// file content later: a file truncated in place and refilled past the offset no longer has
+/// them there, and the copy that `copytruncate` left does.
+use scan::MARK_BYTES;
 
 fn display_paths(paths: &[PathBuf]) -> String {
     let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
@@ -298,7 +298,10 @@ impl AuthLog {
         self.malformed_lines += outcome.malformed;
         live.offset += outcome.consumed;
         live.pending = reader.count.saturating_sub(outcome.consumed);
-        live.mark = read_mark(&file, live.offset).map_err(read_error)?;
+        let mut mark = std::mem::take(&mut live.mark);
+        mark.extend_from_slice(&outcome.mark);
+        mark.drain(..mark.len().saturating_sub(MARK_BYTES));
+        live.mark = mark;
         match outcome.error {
             Some(source) => {
                 live.pending = 0;
@@ -517,14 +520,6 @@ fn scan_into(
             store.push(unix_ms, kind, user, source, count);
         },
     )
-}
-
-/// The up to [`MARK_BYTES`] bytes of `file` before `offset`.
-fn read_mark(file: &File, offset: u64) -> io::Result<Vec<u8>> {
-    let len = offset.min(MARK_BYTES as u64);
-    let mut mark = vec![0u8; len as usize];
-    file.read_exact_at(&mut mark, offset - len)?;
-    Ok(mark)
 }
 
 /// Whether `file` holds `mark` just before `offset` (still the content we read), and so

@@ -33,6 +33,23 @@ pub(crate) struct ScanOutcome {
     pub malformed: u64,
     /// A read failed after `consumed` bytes; what was consumed has been delivered.
     pub error: Option<io::Error>,
+    /// The last (up to [`MARK_BYTES`]) bytes consumed, to recognise this content later.
+    pub mark: Vec<u8>,
+}
+
+/// Length of [`ScanOutcome::mark`].
+pub(crate) const MARK_BYTES: usize = 64;
+
+/// Appends `consumed` to `mark`, keeping only its last [`MARK_BYTES`].
+fn extend_mark(mark: &mut Vec<u8>, consumed: &[u8]) {
+    if consumed.len() >= MARK_BYTES {
+        mark.clear();
+        mark.extend_from_slice(&consumed[consumed.len() - MARK_BYTES..]);
+    } else {
+        mark.extend_from_slice(consumed);
+        let excess = mark.len().saturating_sub(MARK_BYTES);
+        mark.drain(..excess);
+    }
 }
 
 /// One query's scanning machinery; the buffer lives as long as the query.
@@ -103,6 +120,7 @@ impl Scanner {
             };
             outcome.malformed += self.scan_lines(&buf[..end], clock, on_event);
             outcome.consumed += end as u64;
+            extend_mark(&mut outcome.mark, &buf[..end]);
             if at_end {
                 outcome.error = error;
                 return outcome;
