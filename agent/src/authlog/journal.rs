@@ -290,10 +290,10 @@ impl Journal {
             if n == 0 {
                 return Ok(());
             }
-            stats.bytes += n as u64;
             if line.len() > MAX_ENTRY_BYTES && line.last() != Some(&b'\n') {
                 // An oversized entry: skip the rest of it, count it, go on.
                 self.malformed += 1;
+                stats.bytes += n as u64;
                 let mut rest = Vec::new();
                 loop {
                     rest.clear();
@@ -312,6 +312,8 @@ impl Journal {
                 }
                 continue;
             }
+            // Entries only: the closing `-- cursor:` line is bookkeeping.
+            stats.bytes += n as u64;
             self.take_entry(parser, &line, latest_ms);
             if stats.bytes >= MAX_BYTES_PER_QUERY {
                 stats.cut_short = Some(JournalError::Read {

@@ -9,6 +9,8 @@
 mod events;
 mod files;
 pub mod journal;
+#[cfg(test)]
+mod journal_tests;
 mod parse;
 mod scan;
 pub mod sources;
