@@ -75,11 +75,72 @@ pub struct AuthLogConfig {
     /// Failure events kept in memory to answer "since" queries without rescanning.
     #[serde(default = "default_max_events")]
     pub max_events: usize,
+    /// Programs whose lines count: the syslog tag in files, the trusted `_COMM` in the journal.
+    #[serde(default = "default_auth_programs")]
+    pub programs: Vec<String>,
+    /// When none of `paths` exists, read the systemd journal instead.
+    #[serde(default = "default_true")]
+    pub journal: bool,
+    /// Read this journal directory (`journalctl --directory`) instead of the host's journal.
+    #[serde(default)]
+    pub journal_directory: Option<PathBuf>,
+    /// Read this one journal file (`journalctl --file`) instead of the host's journal.
+    #[serde(default)]
+    pub journal_file: Option<PathBuf>,
+    /// Absolute path of journalctl (never looked up in PATH).
+    #[serde(default = "default_journalctl")]
+    pub journalctl: PathBuf,
 }
+
+/// Programs whose failures are counted unless `[auth_log] programs` says otherwise.
+/// `sshd-session` is the process that logs sshd's failures since OpenSSH 9.8.
+pub const DEFAULT_AUTH_PROGRAMS: [&str; 5] = ["sshd", "sshd-session", "sudo", "su", "login"];
 
 impl Default for AuthLogConfig {
     fn default() -> Self {
-        AuthLogConfig { paths: default_auth_paths(), max_events: default_max_events() }
+        AuthLogConfig {
+            paths: default_auth_paths(),
+            max_events: default_max_events(),
+            programs: default_auth_programs(),
+            journal: true,
+            journal_directory: None,
+            journal_file: None,
+            journalctl: default_journalctl(),
+        }
+    }
+}
+
+fn default_auth_programs() -> Vec<String> {
+    DEFAULT_AUTH_PROGRAMS.iter().map(|p| (*p).to_owned()).collect()
+}
+
+fn default_journalctl() -> PathBuf {
+    PathBuf::from("/usr/bin/journalctl")
+}
+
+impl AuthLogConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.paths.is_empty() {
+            return Err("auth_log.paths must name at least one file".into());
+        }
+        if self.max_events == 0 {
+            return Err("auth_log.max_events must be at least 1".into());
+        }
+        if self.programs.is_empty() {
+            return Err("auth_log.programs must name at least one program (e.g. \"sshd\")".into());
+        }
+        for p in &self.programs {
+            if p.is_empty() || p.len() > 64 || p.bytes().any(|b| b.is_ascii_whitespace() || b"[]:=".contains(&b)) {
+                return Err(format!("auth_log.programs: {p:?} is not a program name (no spaces, brackets, ':' or '=')"));
+            }
+        }
+        if !self.journalctl.is_absolute() {
+            return Err(format!("auth_log.journalctl = {}: must be an absolute path", self.journalctl.display()));
+        }
+        if self.journal_directory.is_some() && self.journal_file.is_some() {
+            return Err("auth_log.journal_directory and auth_log.journal_file: set at most one".into());
+        }
+        Ok(())
     }
 }
 
@@ -154,6 +215,9 @@ impl AgentConfig {
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
         fix(&mut self.state_dir);
+        for p in [&mut self.auth_log.journal_directory, &mut self.auth_log.journal_file].into_iter().flatten() {
+            fix(p);
+        }
     }
 
     /// The job engine's part of the configuration.
@@ -193,12 +257,7 @@ impl AgentConfig {
         if self.tls.reload_check_seconds == 0 || self.tls.reload_check_seconds > 86_400 {
             return Err("tls.reload_check_seconds must be between 1 and 86400".into());
         }
-        if self.auth_log.paths.is_empty() {
-            return Err("auth_log.paths must name at least one file".into());
-        }
-        if self.auth_log.max_events == 0 {
-            return Err("auth_log.max_events must be at least 1".into());
-        }
+        self.auth_log.validate()?;
         if !self.metadata.url.starts_with("http://") {
             return Err(format!("metadata.url = {:?} must be a plain http:// URL", self.metadata.url));
         }

@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::authlog::AuthLog;
+use crate::authlog::sources::AuthSources;
+use crate::authlog::AuthLogError;
 use crate::collect::{self, RawSample};
 use crate::config::AgentConfig;
 use crate::jobs::JobManager;
@@ -52,7 +53,7 @@ pub struct AgentService {
 }
 
 struct Inner {
-    auth: Arc<Mutex<AuthLog>>,
+    auth: AuthSources,
     baselines: Mutex<Vec<Arc<RawSample>>>,
     instance: Arc<Mutex<Result<String, String>>>,
     stats: Arc<Stats>,
@@ -83,11 +84,11 @@ impl AgentService {
         } else if let Ok(mut g) = instance.lock() {
             *g = Err("instance metadata lookup disabled in the agent's config".into());
         }
-        let auth = AuthLog::new(cfg.auth_log.paths.clone(), cfg.auth_log.max_events);
+        let auth = AuthSources::from_config(&cfg.auth_log, &cfg.state_dir);
         let jobs = JobManager::open(cfg.job_settings()).await.map_err(|e| format!("job engine: {e}"))?;
         Ok(AgentService {
             inner: Arc::new(Inner {
-                auth: Arc::new(Mutex::new(auth)),
+                auth,
                 baselines: Mutex::new(Vec::new()),
                 instance,
                 stats,
@@ -264,13 +265,10 @@ impl Agent for AgentService {
     async fn get_auth_failures(&self, req: Request<AuthFailuresRequest>) -> Result<Response<AuthFailures>, Status> {
         authorize(&req, Role::Viewer, "read auth failures")?;
         let r = req.into_inner();
-        let auth = self.inner.auth.clone();
-        let out = tokio::task::spawn_blocking(move || {
-            let mut log = auth.lock().map_err(|_| Status::internal("auth log state poisoned by an earlier failure"))?;
-            log.query(r.since_unix_ms, top_n(r.top_n), r.rescan).map_err(|e| Status::failed_precondition(e.to_string()))
-        })
-        .await
-        .map_err(|e| Status::internal(format!("auth log task failed: {e}")))??;
+        let out = self.inner.auth.query(r.since_unix_ms, top_n(r.top_n), r.rescan).await.map_err(|e| match e {
+            AuthLogError::Task(_) => Status::internal(e.to_string()),
+            _ => Status::failed_precondition(e.to_string()),
+        })?;
         Ok(Response::new(out))
     }
 

@@ -1,6 +1,8 @@
 //! The failure events the agent remembers between queries, kept compact (24 bytes each,
-//! names interned) and bounded: the oldest are evicted first and counted, and the name
-//! tables are rebuilt when evictions leave them mostly unused. Answers a query from memory;
+//! names interned, a repeated message one record with its count) and bounded: the oldest
+//! are evicted first and counted, the newest time evicted is kept so that an answer can
+//! say whether its window lost anything, and the name tables are rebuilt when evictions
+//! leave them mostly unused. Answers a query from memory;
 //! never touches files.
 
 use std::borrow::Borrow;
@@ -18,9 +20,15 @@ const INTERN_SLACK: usize = 1024;
 struct Event {
     unix_ms: i64,
     user: u32,
+    /// [`NO_SOURCE`] for a local failure.
     source: u32,
+    /// Attempts this record stands for (rsyslog's `message repeated N times`).
+    count: u32,
     kind: u8,
 }
+
+/// The source id of an event without a remote address.
+const NO_SOURCE: u32 = u32::MAX;
 
 /// Interns names: each distinct key is stored once, with its display form made once.
 struct Interner<K> {
@@ -67,6 +75,7 @@ pub(crate) struct Summary {
     pub failed_password: u64,
     pub invalid_user: u64,
     pub failed_publickey: u64,
+    pub local_auth: u64,
     pub total: u64,
     pub top_users: Vec<(String, u64)>,
     pub top_sources: Vec<(String, u64)>,
@@ -80,6 +89,9 @@ pub(crate) struct EventStore {
     sources: Interner<IpAddr>,
     max_events: usize,
     evicted: u64,
+    /// Latest time of an event that is not retained (evicted, or before a journal cursor
+    /// the agent resumed from); `i64::MIN` when nothing was lost.
+    incomplete_until_ms: i64,
 }
 
 impl EventStore {
@@ -90,7 +102,19 @@ impl EventStore {
             sources: Interner::new(),
             max_events,
             evicted: 0,
+            incomplete_until_ms: i64::MIN,
         }
+    }
+
+    /// Whether counts at or after `since_unix_ms` may miss events this store dropped or
+    /// never saw.
+    pub(crate) fn incomplete_since(&self, since_unix_ms: i64) -> bool {
+        since_unix_ms <= self.incomplete_until_ms
+    }
+
+    /// Records that events up to `unix_ms` were never read (reading resumed after them).
+    pub(crate) fn mark_unread_until(&mut self, unix_ms: i64) {
+        self.incomplete_until_ms = self.incomplete_until_ms.max(unix_ms);
     }
 
     /// Events evicted since the store was created.
@@ -103,23 +127,35 @@ impl EventStore {
         self.events.len()
     }
 
-    pub(crate) fn push(&mut self, unix_ms: i64, kind: Kind, user: &[u8], source: IpAddr) {
+    /// Remembers `count` attempts (one record); the oldest record goes when full.
+    pub(crate) fn push(
+        &mut self,
+        unix_ms: i64,
+        kind: Kind,
+        user: &[u8],
+        source: Option<IpAddr>,
+        count: u32,
+    ) {
         if self.max_events == 0 {
-            self.evicted += 1;
+            self.evicted += u64::from(count);
+            self.mark_unread_until(unix_ms);
             return;
         }
         if self.events.len() >= self.max_events {
-            self.events.pop_front();
-            self.evicted += 1;
+            if let Some(old) = self.events.pop_front() {
+                self.evicted += u64::from(old.count);
+                self.mark_unread_until(old.unix_ms);
+            }
         }
         let user = self
             .users
             .intern(user, |u| String::from_utf8_lossy(u).into_owned());
-        let source = self.sources.intern(&source, IpAddr::to_string);
+        let source = source.map_or(NO_SOURCE, |s| self.sources.intern(&s, IpAddr::to_string));
         self.events.push_back(Event {
             unix_ms,
             user,
             source,
+            count,
             kind: kind as u8,
         });
         let limit = 2 * self.events.len() + INTERN_SLACK;
@@ -141,6 +177,9 @@ impl EventStore {
                 event.user = self.users.intern::<[u8]>(key, |_| name.to_string());
             }
             let source = event.source as usize;
+            if event.source == NO_SOURCE {
+                continue;
+            }
             if let (Some(Some(key)), Some(name)) =
                 (source_keys.get(source), old_sources.names.get(source))
             {
@@ -161,18 +200,20 @@ impl EventStore {
             if event.unix_ms < since_unix_ms {
                 continue;
             }
+            let n = u64::from(event.count);
             match Kind::from_u8(event.kind) {
-                Some(Kind::FailedPassword) => summary.failed_password += 1,
-                Some(Kind::InvalidUser) => summary.invalid_user += 1,
-                Some(Kind::FailedPublickey) => summary.failed_publickey += 1,
+                Some(Kind::FailedPassword) => summary.failed_password += n,
+                Some(Kind::InvalidUser) => summary.invalid_user += n,
+                Some(Kind::FailedPublickey) => summary.failed_publickey += n,
+                Some(Kind::LocalAuth) => summary.local_auth += n,
                 None => continue,
             }
-            summary.total += 1;
+            summary.total += n;
             if let Some(count) = per_user.get_mut(event.user as usize) {
-                *count += 1;
+                *count += n;
             }
             if let Some(count) = per_source.get_mut(event.source as usize) {
-                *count += 1;
+                *count += n;
             }
         }
         summary.oldest_event_unix_ms = if oldest == i64::MAX { 0 } else { oldest };
@@ -230,11 +271,11 @@ mod tests {
     #[test]
     fn summary_counts_kinds_since_and_ranks_ties_by_name() {
         let mut store = EventStore::new(100);
-        store.push(1_000, Kind::FailedPassword, b"root", ip("192.0.2.2"));
-        store.push(2_000, Kind::FailedPassword, b"root", ip("192.0.2.1"));
-        store.push(3_000, Kind::InvalidUser, b"admin", ip("192.0.2.1"));
-        store.push(4_000, Kind::FailedPublickey, b"git", ip("2001:db8::1"));
-        store.push(5_000, Kind::InvalidUser, b"bob", ip("192.0.2.2"));
+        store.push(1_000, Kind::FailedPassword, b"root", Some(ip("192.0.2.2")), 1);
+        store.push(2_000, Kind::FailedPassword, b"root", Some(ip("192.0.2.1")), 1);
+        store.push(3_000, Kind::InvalidUser, b"admin", Some(ip("192.0.2.1")), 1);
+        store.push(4_000, Kind::FailedPublickey, b"git", Some(ip("2001:db8::1")), 1);
+        store.push(5_000, Kind::InvalidUser, b"bob", Some(ip("192.0.2.2")), 1);
 
         let all = store.summarize(0, 2);
         assert_eq!(
@@ -266,7 +307,7 @@ mod tests {
     fn oldest_events_are_evicted_and_counted() {
         let mut store = EventStore::new(2);
         for ms in 1..=5 {
-            store.push(ms, Kind::FailedPassword, b"root", ip("192.0.2.1"));
+            store.push(ms, Kind::FailedPassword, b"root", Some(ip("192.0.2.1")), 1);
         }
         assert_eq!((store.len(), store.evicted()), (2, 3));
         assert_eq!(store.summarize(0, 10).oldest_event_unix_ms, 4);
@@ -278,7 +319,7 @@ mod tests {
         for i in 0..10_000u32 {
             let user = format!("spray{i}");
             let source = IpAddr::from(i.to_be_bytes());
-            store.push(i64::from(i), Kind::InvalidUser, user.as_bytes(), source);
+            store.push(i64::from(i), Kind::InvalidUser, user.as_bytes(), Some(source), 1);
         }
         assert!(
             store.users.len() <= 2 * 10 + INTERN_SLACK + 1,
@@ -289,5 +330,22 @@ mod tests {
         assert_eq!(summary.total, 10);
         assert_eq!(summary.top_users, vec![("spray9990".to_owned(), 1)]);
         assert_eq!(summary.top_sources, vec![("0.0.39.10".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn a_repeated_record_counts_its_attempts_and_evicting_it_says_the_window_is_incomplete() {
+        let mut store = EventStore::new(2);
+        store.push(1_000, Kind::FailedPassword, b"root", Some(ip("192.0.2.1")), 40);
+        store.push(2_000, Kind::LocalAuth, b"bob", None, 1);
+        let both = store.summarize(0, 10);
+        assert_eq!((both.total, both.failed_password, both.local_auth), (41, 40, 1));
+        assert_eq!(both.top_users[0], ("root".to_owned(), 40));
+        assert_eq!(both.top_sources, vec![("192.0.2.1".to_owned(), 40)]);
+        assert!(!store.incomplete_since(0));
+
+        store.push(3_000, Kind::InvalidUser, b"x", Some(ip("192.0.2.2")), 1);
+        assert_eq!(store.evicted(), 40);
+        assert!(store.incomplete_since(0) && store.incomplete_since(1_000));
+        assert!(!store.incomplete_since(1_001), "nothing after the evicted record was lost");
     }
 }

@@ -1,7 +1,8 @@
 //! Which files make up the auth log: the first configured path that exists is the live
 //! file; its rotated siblings (`NAME.1`, `NAME.N.gz`, and RHEL dateext's `NAME-YYYYMMDD`
 //! and `NAME-YYYYMMDD.gz`) hold its history. The naming rules are pure; listing the
-//! directory and reading metadata is the only I/O here. Never reads file contents.
+//! directory, reading metadata and opening files (never through a symlink, only regular
+//! files of the required owner) is the only I/O here. Never reads file contents.
 
 use std::cmp::Reverse;
 use std::fs::{self, Metadata};
@@ -26,12 +27,52 @@ impl FileId {
     }
 }
 
-/// The first candidate that exists as a regular file (symlinks followed).
+/// The first candidate that exists as anything: a symlink or a non-regular file is then
+/// refused by name when opened, rather than silently passed over for the next candidate.
 pub(crate) fn first_existing(candidates: &[PathBuf]) -> Option<&Path> {
     candidates
         .iter()
         .map(PathBuf::as_path)
-        .find(|path| fs::metadata(path).is_ok_and(|meta| meta.is_file()))
+        .find(|path| fs::symlink_metadata(path).is_ok())
+}
+
+/// Why an auth log file was not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("is a symbolic link; the agent reads auth logs only through their real path")]
+    Symlink,
+    #[error("is not a regular file")]
+    NotRegular,
+    #[error("is owned by uid {found}, not uid {required}; the agent reads only auth logs written by root")]
+    WrongOwner { found: u32, required: u32 },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Opens `path` for reading without following a symlink in its last component (and
+/// without blocking on a FIFO planted there), and only if the opened file is a regular
+/// file owned by `owner`. The checks are made on the opened descriptor, so a rename race
+/// cannot swap in another file between check and read.
+pub(crate) fn open_log(path: &Path, owner: u32) -> Result<(fs::File, Metadata), OpenError> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::LOOP) => return Err(OpenError::Symlink),
+        Err(errno) => return Err(OpenError::Io(errno.into())),
+    };
+    let file = fs::File::from(fd);
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(OpenError::NotRegular);
+    }
+    if meta.uid() != owner {
+        return Err(OpenError::WrongOwner {
+            found: meta.uid(),
+            required: owner,
+        });
+    }
+    Ok((file, meta))
 }
 
 /// A rotated sibling of the live file.
@@ -174,6 +215,33 @@ mod tests {
             .map(|r| r.path.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["auth.log.3", "auth.log.2.gz", "auth.log.1"]);
+    }
+
+    #[test]
+    fn a_symlink_a_fifo_and_a_file_of_another_owner_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("shadow");
+        fs::write(&secret, b"root:$6$secret\n").unwrap();
+        let owner = rustix::process::geteuid().as_raw();
+        let link = dir.path().join("auth.log");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        assert!(matches!(open_log(&link, owner), Err(OpenError::Symlink)));
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+            0,
+        )
+        .unwrap();
+        assert!(matches!(open_log(&fifo, owner), Err(OpenError::NotRegular)));
+        let other = owner.wrapping_add(1);
+        assert!(matches!(
+            open_log(&secret, other),
+            Err(OpenError::WrongOwner { found, required }) if found == owner && required == other
+        ));
+        assert!(open_log(&secret, owner).is_ok());
     }
 
     #[test]

@@ -1,13 +1,19 @@
 //! Failed logins from the host's auth log (RHEL `/var/log/secure`, Debian
 //! `/var/log/auth.log`), read incrementally: each query reads only bytes it has not read
 //! before, follows rotation, and answers from a bounded, compact memory of failure events.
-//! Only ever reads the configured files and their rotated siblings; never writes, never
-//! holds more than one read chunk. Blocking file I/O: call it from `spawn_blocking`.
+//! Only ever reads the configured files and their rotated siblings, never through a
+//! symlink and only regular files owned by root; never writes, never holds more than one
+//! read chunk. Blocking file I/O: call it from `spawn_blocking`. When no configured file
+//! exists, [`sources::AuthSources`] reads the systemd journal instead ([`journal`]).
 
 mod events;
 mod files;
+pub mod journal;
+#[cfg(test)]
+mod journal_tests;
 mod parse;
 mod scan;
+pub mod sources;
 #[cfg(test)]
 mod tests;
 mod timestamp;
@@ -17,6 +23,9 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+pub use files::OpenError;
+pub use parse::{Programs, DEFAULT_PROGRAMS};
 
 use ops_proto::v1::{AuthFailures, NameCount};
 
@@ -39,11 +48,37 @@ pub enum AuthLogError {
     NoLogFile { tried: Vec<PathBuf> },
     #[error("cannot open auth log {}: {source}; the agent must be able to read it (root or the adm group)", path.display())]
     Open { path: PathBuf, source: io::Error },
+    #[error("refusing to read auth log {}: it {reason}", path.display())]
+    Refused { path: PathBuf, reason: OpenError },
     #[error("reading auth log {} failed: {source}; the next query resumes where reading stopped", path.display())]
     Read { path: PathBuf, source: io::Error },
     #[error("building the failure-marker search failed: {0}")]
     Matcher(#[from] aho_corasick::BuildError),
+    #[error("no configured auth log file exists, so the journal was read: {0}")]
+    Journal(#[from] journal::JournalError),
+    #[error("auth log task failed: {0}")]
+    Task(String),
 }
+
+impl AuthLogError {
+    fn opening(path: &Path, error: OpenError) -> AuthLogError {
+        match error {
+            OpenError::Io(source) => AuthLogError::Open {
+                path: path.to_path_buf(),
+                source,
+            },
+            reason => AuthLogError::Refused {
+                path: path.to_path_buf(),
+                reason,
+            },
+        }
+    }
+}
+
+/// Bytes before the read offset are remembered ([`MARK_BYTES`]) to recognise the same
+/// file content later: a file truncated in place and refilled past the offset no longer has
+/// them there, and the copy that `copytruncate` left does.
+use scan::MARK_BYTES;
 
 fn display_paths(paths: &[PathBuf]) -> String {
     let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
@@ -57,6 +92,9 @@ fn display_paths(paths: &[PathBuf]) -> String {
 /// The auth log reader: candidate paths, where reading stopped, and the retained events.
 pub struct AuthLog {
     candidates: Vec<PathBuf>,
+    programs: Programs,
+    /// Owner a log file must have to be read: root, except in tests run unprivileged.
+    required_owner: u32,
     max_events: usize,
     store: EventStore,
     /// The live file being followed; `None` until a query finds one.
@@ -74,6 +112,8 @@ struct Live {
     /// Bytes seen after `offset` without a newline (a line still being written): they are
     /// re-read only once the file has grown past them.
     pending: u64,
+    /// The (up to [`MARK_BYTES`]) bytes just before `offset`.
+    mark: Vec<u8>,
 }
 
 /// What one query read.
@@ -98,11 +138,31 @@ impl AuthLog {
     pub fn new(paths: Vec<PathBuf>, max_events: usize) -> AuthLog {
         AuthLog {
             candidates: paths,
+            programs: Programs::default(),
+            required_owner: 0,
             max_events,
             store: EventStore::new(max_events),
             live: None,
             malformed_lines: 0,
         }
+    }
+
+    /// Accept only lines whose syslog tag names one of `programs` (default
+    /// [`DEFAULT_PROGRAMS`]).
+    pub fn with_programs(mut self, programs: Programs) -> AuthLog {
+        self.programs = programs;
+        self
+    }
+
+    /// The owner a log file must have (root unless changed; tests run unprivileged).
+    pub fn with_required_owner(mut self, uid: u32) -> AuthLog {
+        self.required_owner = uid;
+        self
+    }
+
+    /// Whether any configured path exists, so that this reader, not the journal, answers.
+    pub fn has_file(&self) -> bool {
+        files::first_existing(&self.candidates).is_some()
     }
 
     /// Reads what was appended since the last call (everything, with rotated siblings, on
@@ -121,7 +181,7 @@ impl AuthLog {
         top_n: usize,
         rescan: bool,
     ) -> Result<AuthFailures, AuthLogError> {
-        let mut scanner = Scanner::new()?;
+        let mut scanner = Scanner::new(self.programs.clone())?;
         let mut call = CallStats::default();
         let found = files::first_existing(&self.candidates).map(Path::to_path_buf);
         let following = self.live.as_ref().map(|live| live.path.as_path());
@@ -171,6 +231,7 @@ impl AuthLog {
             id: None,
             offset: 0,
             pending: 0,
+            mark: Vec::new(),
         });
         self.read_new(scanner, call)
     }
@@ -185,22 +246,19 @@ impl AuthLog {
             return Ok(());
         };
         let path = live.path.clone();
-        let open_error = |source| AuthLogError::Open {
-            path: path.clone(),
-            source,
-        };
         let read_error = |source| AuthLogError::Read {
             path: path.clone(),
             source,
         };
-        let mut file = File::open(&path).map_err(open_error)?;
-        let meta = file.metadata().map_err(read_error)?;
+        let (mut file, meta) = files::open_log(&path, self.required_owner)
+            .map_err(|e| AuthLogError::opening(&path, e))?;
         let id = FileId::of(&meta);
 
         if let Some(old) = live.id.filter(|old| *old != id) {
             let offset = live.offset;
             live.offset = 0;
             live.pending = 0;
+            live.mark.clear();
             self.finish_rotated(scanner, call, &path, old, offset);
         }
         let Some(live) = self.live.as_mut() else {
@@ -208,14 +266,18 @@ impl AuthLog {
         };
         live.id = Some(id);
         let len = meta.len();
-        // Truncated in place (copytruncate): shorter than our offset, or no longer a line
-        // boundary there because it has been refilled since.
-        if live.offset > len
-            || (live.offset > 0 && !ends_line_before(&file, live.offset).map_err(read_error)?)
-        {
+        // Truncated in place (copytruncate): shorter than our offset, or refilled since so
+        // that the bytes before our offset are no longer the ones we read there. What was
+        // written after our last read is in the copy logrotate made: finish it from there.
+        if live.offset > len || !mark_matches(&file, live.offset, &live.mark).map_err(read_error)? {
+            let (offset, mark) = (live.offset, std::mem::take(&mut live.mark));
             live.offset = 0;
             live.pending = 0;
+            self.finish_copied(scanner, call, &path, offset, &mark);
         }
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
         if len == live.offset + live.pending {
             return Ok(());
         }
@@ -223,7 +285,7 @@ impl AuthLog {
             .map_err(read_error)?;
         let to_read = len - live.offset;
         let mut reader = CountingReader {
-            inner: file.take(to_read),
+            inner: (&file).take(to_read),
             count: 0,
         };
         let outcome = scan_into(
@@ -238,12 +300,63 @@ impl AuthLog {
         self.malformed_lines += outcome.malformed;
         live.offset += outcome.consumed;
         live.pending = reader.count.saturating_sub(outcome.consumed);
+        let mut mark = std::mem::take(&mut live.mark);
+        mark.extend_from_slice(&outcome.mark);
+        mark.drain(..mark.len().saturating_sub(MARK_BYTES));
+        live.mark = mark;
         match outcome.error {
             Some(source) => {
                 live.pending = 0;
                 Err(read_error(source))
             }
             None => Ok(()),
+        }
+    }
+
+    /// The live file was truncated in place after `offset` bytes ending in `mark` had been
+    /// read: reads the rest of that content from the rotated copy that holds it (the newest
+    /// uncompressed sibling with `mark` before `offset`), then any newer copies whole.
+    fn finish_copied(
+        &mut self,
+        scanner: &mut Scanner,
+        call: &mut CallStats,
+        live: &Path,
+        offset: u64,
+        mark: &[u8],
+    ) {
+        if offset == 0 {
+            return;
+        }
+        let plain: Vec<PathBuf> = match files::rotated_siblings(live) {
+            Ok(siblings) => siblings
+                .into_iter()
+                .filter(|r| !r.gzip)
+                .map(|r| r.path)
+                .collect(),
+            Err(error) => {
+                tracing::warn!(
+                    path = %live.display(), %error,
+                    "auth log was truncated and its rotated copies cannot be listed; lines written before the truncation since the last query are not counted"
+                );
+                return;
+            }
+        };
+        let owner = self.required_owner;
+        let holds_mark = |path: &Path| {
+            files::open_log(path, owner).is_ok_and(|(file, meta)| {
+                meta.len() >= offset && mark_matches(&file, offset, mark).unwrap_or(false)
+            })
+        };
+        let Some(copy) = plain.iter().rposition(|path| holds_mark(path)) else {
+            tracing::warn!(
+                path = %live.display(),
+                "auth log was truncated and no rotated copy holds what was read before; lines written before the truncation since the last query are not counted"
+            );
+            return;
+        };
+        for (i, path) in plain.iter().enumerate().skip(copy) {
+            let from = if i == copy { offset } else { 0 };
+            self.read_rotated(scanner, call, path, false, from);
         }
     }
 
@@ -255,6 +368,7 @@ impl AuthLog {
         let (path, old, offset) = (live.path.clone(), live.id.take(), live.offset);
         live.offset = 0;
         live.pending = 0;
+        live.mark.clear();
         if let Some(old) = old {
             self.finish_rotated(scanner, call, &path, old, offset);
         }
@@ -305,8 +419,10 @@ impl AuthLog {
         gzip: bool,
         offset: u64,
     ) -> io::Result<()> {
-        let mut file = File::open(path)?;
-        let meta = file.metadata()?;
+        let (mut file, meta) = files::open_log(path, self.required_owner).map_err(|e| match e {
+            OpenError::Io(e) => e,
+            refused => io::Error::other(refused.to_string()),
+        })?;
         if meta.len() <= offset {
             return Ok(());
         }
@@ -346,31 +462,44 @@ impl AuthLog {
     }
 
     fn answer(&self, since_unix_ms: i64, top_n: usize, call: CallStats) -> AuthFailures {
-        let top_n = if top_n == 0 { DEFAULT_TOP_N } else { top_n };
-        let summary = self.store.summarize(since_unix_ms, top_n);
-        let name_counts = |list: Vec<(String, u64)>| -> Vec<NameCount> {
-            list.into_iter()
-                .map(|(name, count)| NameCount { name, count })
-                .collect()
-        };
-        AuthFailures {
-            source: self
-                .live
-                .as_ref()
-                .map(|live| live.path.display().to_string())
-                .unwrap_or_default(),
-            failed_password: summary.failed_password,
-            invalid_user: summary.invalid_user,
-            failed_publickey: summary.failed_publickey,
-            total: summary.total,
-            top_users: name_counts(summary.top_users),
-            top_sources: name_counts(summary.top_sources),
-            malformed_lines: self.malformed_lines,
-            bytes_read: call.bytes_read,
-            files_read: call.files_read,
-            oldest_event_unix_ms: summary.oldest_event_unix_ms,
-            evicted_events: self.store.evicted(),
-        }
+        let mut answer = answer_from(&self.store, since_unix_ms, top_n);
+        answer.source = self
+            .live
+            .as_ref()
+            .map(|live| live.path.display().to_string())
+            .unwrap_or_default();
+        answer.malformed_lines = self.malformed_lines;
+        answer.bytes_read = call.bytes_read;
+        answer.files_read = call.files_read;
+        answer
+    }
+}
+
+/// The counts part of an answer from retained events; the caller fills in where they came
+/// from. `top_n` 0 means [`DEFAULT_TOP_N`].
+fn answer_from(store: &EventStore, since_unix_ms: i64, top_n: usize) -> AuthFailures {
+    let top_n = if top_n == 0 { DEFAULT_TOP_N } else { top_n };
+    let summary = store.summarize(since_unix_ms, top_n);
+    let name_counts = |list: Vec<(String, u64)>| -> Vec<NameCount> {
+        list.into_iter()
+            .map(|(name, count)| NameCount { name, count })
+            .collect()
+    };
+    AuthFailures {
+        source: String::new(),
+        failed_password: summary.failed_password,
+        invalid_user: summary.invalid_user,
+        failed_publickey: summary.failed_publickey,
+        failed_local: summary.local_auth,
+        lower_bound: store.incomplete_since(since_unix_ms),
+        total: summary.total,
+        top_users: name_counts(summary.top_users),
+        top_sources: name_counts(summary.top_sources),
+        malformed_lines: 0,
+        bytes_read: 0,
+        files_read: Vec::new(),
+        oldest_event_unix_ms: summary.oldest_event_unix_ms,
+        evicted_events: store.evicted(),
     }
 }
 
@@ -389,15 +518,26 @@ fn scan_into(
         expected_len,
         tail,
         &mut clock,
-        &mut |unix_ms, kind, user, source| {
-            store.push(unix_ms, kind, user, source);
+        &mut |unix_ms, kind, user, source, count| {
+            store.push(unix_ms, kind, user, source, count);
         },
     )
 }
 
-/// Whether the byte before `offset` is a newline, i.e. `offset` still starts a line.
-fn ends_line_before(file: &File, offset: u64) -> io::Result<bool> {
-    let mut byte = [0u8; 1];
-    file.read_exact_at(&mut byte, offset - 1)?;
-    Ok(byte[0] == b'\n')
+/// Whether `file` holds `mark` just before `offset` (still the content we read), and so
+/// `offset` still starts a line there. A file shorter than that does not.
+fn mark_matches(file: &File, offset: u64, mark: &[u8]) -> io::Result<bool> {
+    let len = mark.len() as u64;
+    if len == 0 {
+        return Ok(true);
+    }
+    if len > offset {
+        return Ok(false);
+    }
+    let mut found = vec![0u8; mark.len()];
+    match file.read_exact_at(&mut found, offset - len) {
+        Ok(()) => Ok(found == mark),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
 }

@@ -1,11 +1,17 @@
-//! Recognises the failed-login messages sshd writes and extracts when, who and from
-//! where. Pure: one line's bytes in, a verdict out; never allocates and never fails on
-//! odd bytes (user names are kept as raw bytes, whatever their encoding).
+//! Recognises the failed-login messages sshd, sudo, su and login write and extracts when,
+//! who, from where and how many times. Pure: one line's bytes in, a verdict out; never
+//! allocates and never fails on odd bytes (user names are kept as raw bytes, whatever
+//! their encoding). Never counts a line whose syslog tag names a program outside the
+//! accepted list, nor marker text outside the message position.
 //!
-//! Counted kinds, one per line:
+//! Counted kinds, one per line (times N for rsyslog's `message repeated N times: [ ... ]`):
 //! - `Failed password for [invalid user ]USER from IP` -> failed password;
 //! - `Failed publickey for [invalid user ]USER from IP` -> failed publickey;
-//! - `Invalid user USER from IP` -> invalid user.
+//! - `Invalid user USER from IP` -> invalid user;
+//! - `pam_unix(SERVICE:auth): authentication failure; ... user=USER` from sudo, su, login
+//!   (any accepted program but sshd, whose password failures are already counted by its
+//!   own `Failed password` line) -> local authentication failure, source `rhost=` when it
+//!   is an address.
 //!
 //! sshd logs both `Invalid user X from IP` and `Failed password for invalid user X from IP`
 //! for one password attempt by an unknown user; each line counts once, under its own kind.
@@ -16,6 +22,8 @@ use memchr::memmem;
 
 use super::timestamp::{parse_stamp, Stamp};
 
+pub use crate::config::DEFAULT_AUTH_PROGRAMS as DEFAULT_PROGRAMS;
+
 /// What a failure line records. The discriminants are stored in retained events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -23,17 +31,23 @@ pub(crate) enum Kind {
     FailedPassword = 0,
     InvalidUser = 1,
     FailedPublickey = 2,
+    LocalAuth = 3,
 }
 
 impl Kind {
     /// The text that marks a line as a candidate, in the order the scanner searches for
     /// them; index `i` is the marker of `Kind::ALL[i]`.
-    pub(crate) const MARKERS: [&'static str; 3] =
-        ["Failed password", "Invalid user", "Failed publickey"];
-    pub(crate) const ALL: [Kind; 3] = [
+    pub(crate) const MARKERS: [&'static str; 4] = [
+        "Failed password",
+        "Invalid user",
+        "Failed publickey",
+        "authentication failure;",
+    ];
+    pub(crate) const ALL: [Kind; 4] = [
         Kind::FailedPassword,
         Kind::InvalidUser,
         Kind::FailedPublickey,
+        Kind::LocalAuth,
     ];
 
     pub(crate) fn from_u8(value: u8) -> Option<Kind> {
@@ -47,49 +61,186 @@ pub(crate) struct Failure<'a> {
     pub stamp: Stamp,
     pub kind: Kind,
     pub user: &'a [u8],
-    pub source: IpAddr,
+    /// `None` for local failures (sudo, su, login) that name no remote host.
+    pub source: Option<IpAddr>,
+    /// How many attempts the line stands for: N for `message repeated N times`, else 1.
+    pub repeat: u32,
+}
+
+/// The message of a failure without its line's timestamp (from a file, or a journal
+/// entry's `MESSAGE`).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Attempt<'a> {
+    pub kind: Kind,
+    pub user: &'a [u8],
+    pub source: Option<IpAddr>,
+    pub repeat: u32,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Verdict<'a> {
     Failure(Failure<'a>),
-    /// Has a marker where sshd puts its message but cannot be read: counted, skipped.
+    /// Has a marker where an accepted program puts its message but cannot be read:
+    /// counted, skipped.
     Malformed,
-    /// The marker text appears elsewhere (e.g. in a sudo command line): not a failure.
+    /// The marker text appears elsewhere (e.g. in a sudo command line), or the line comes
+    /// from a program that is not accepted: not a failure.
     NotAFailure,
+}
+
+/// The accepted program names (the syslog tag without `[pid]`, or a journal `_COMM`).
+#[derive(Clone, Debug)]
+pub struct Programs {
+    names: Vec<Box<[u8]>>,
+}
+
+impl Programs {
+    pub fn new<S: AsRef<str>>(names: &[S]) -> Programs {
+        Programs {
+            names: names
+                .iter()
+                .map(|n| n.as_ref().as_bytes().into())
+                .collect(),
+        }
+    }
+
+    /// The names, for a journal match (`_COMM=NAME`).
+    pub(crate) fn names(&self) -> impl Iterator<Item = String> + '_ {
+        self.names.iter().map(|n| String::from_utf8_lossy(n).into_owned())
+    }
+
+    pub(crate) fn accepts(&self, program: &[u8]) -> bool {
+        self.names.iter().any(|n| **n == *program)
+    }
+}
+
+impl Default for Programs {
+    fn default() -> Programs {
+        Programs::new(&DEFAULT_PROGRAMS)
+    }
+}
+
+/// sshd's own password failures are counted from `Failed password`; its PAM line for the
+/// same attempt must not count again.
+fn is_sshd(program: &[u8]) -> bool {
+    program == b"sshd" || program == b"sshd-session"
 }
 
 /// Finds the last ` from ` of a line: user names may contain spaces and even ` from `, but
 /// the source address is always the last field introduced that way.
 pub(crate) struct LineParser {
     from: memmem::FinderRev<'static>,
+    tag_end: memmem::Finder<'static>,
+    programs: Programs,
 }
 
 impl LineParser {
-    pub(crate) fn new() -> LineParser {
+    pub(crate) fn new(programs: Programs) -> LineParser {
         LineParser {
             from: memmem::FinderRev::new(b" from "),
+            tag_end: memmem::Finder::new(b": "),
+            programs,
         }
     }
 
-    /// Classifies `line` (without its newline) whose marker for `kind` starts at `marker_at`.
+    /// Classifies a syslog `line` (without its newline) whose marker for `kind` starts at
+    /// `marker_at`: `STAMP HOST PROGRAM[PID]: MESSAGE`.
     pub(crate) fn classify<'a>(&self, line: &'a [u8], marker_at: usize, kind: Kind) -> Verdict<'a> {
-        if !starts_message(line, marker_at) {
+        let Some((program, message_at)) = self.header(line, marker_at) else {
+            // A marker at the very start of a line is a failure line that lost its header.
+            return if marker_at == 0 {
+                Verdict::Malformed
+            } else {
+                Verdict::NotAFailure
+            };
+        };
+        if !self.programs.accepts(program) {
             return Verdict::NotAFailure;
         }
-        match self.parse(line, marker_at, kind) {
-            Some(failure) => Verdict::Failure(failure),
+        let Some((repeat, at)) = message_start(&line[message_at..]) else {
+            return Verdict::Malformed;
+        };
+        let message = message_at + at;
+        if message > marker_at || !marker_in_place(&line[message..], marker_at - message, kind) {
+            return Verdict::NotAFailure;
+        }
+        let Some(stamp) = parse_stamp(line) else {
+            return Verdict::Malformed;
+        };
+        match self.attempt(program, &line[marker_at..], kind) {
+            Some(Some((user, source))) => Verdict::Failure(Failure {
+                stamp,
+                kind,
+                user,
+                source,
+                repeat,
+            }),
+            Some(None) => Verdict::NotAFailure,
             None => Verdict::Malformed,
         }
     }
 
-    fn parse<'a>(&self, line: &'a [u8], marker_at: usize, kind: Kind) -> Option<Failure<'a>> {
-        let stamp = parse_stamp(line)?;
+    /// Classifies a journal entry's `MESSAGE` from `program` (its trusted `_COMM`).
+    /// `None` when it is no failure; `Some(None)` when it looks like one but cannot be read.
+    pub(crate) fn classify_message<'a>(
+        &self,
+        program: &[u8],
+        message: &'a [u8],
+        kind: Kind,
+        marker_at: usize,
+    ) -> Option<Option<Attempt<'a>>> {
+        if !self.programs.accepts(program) {
+            return None;
+        }
+        let (repeat, at) = match message_start(message) {
+            Some(start) => start,
+            None => return Some(None),
+        };
+        if at > marker_at || !marker_in_place(&message[at..], marker_at - at, kind) {
+            return None;
+        }
+        match self.attempt(program, &message[marker_at..], kind) {
+            Some(Some((user, source))) => Some(Some(Attempt {
+                kind,
+                user,
+                source,
+                repeat,
+            })),
+            Some(None) => None,
+            None => Some(None),
+        }
+    }
+
+    /// The program of a syslog line and where its message starts. The tag is the word
+    /// before the first `: ` (timestamps and host names hold no `: `), without `[pid]`.
+    fn header<'a>(&self, line: &'a [u8], marker_at: usize) -> Option<(&'a [u8], usize)> {
+        let colon = self.tag_end.find(&line[..marker_at.min(line.len())])?;
+        let tag_start = memchr::memrchr(b' ', &line[..colon]).map_or(0, |i| i + 1);
+        let tag = &line[tag_start..colon];
+        let program = memchr::memchr(b'[', tag).map_or(tag, |i| &tag[..i]);
+        Some((program, colon + 2))
+    }
+
+    /// `MESSAGE` (starting at its marker) to (user, source). `None`: unreadable;
+    /// `Some(None)`: a line that is not counted (sshd's own PAM line).
+    #[allow(clippy::type_complexity)]
+    fn attempt<'a>(
+        &self,
+        program: &[u8],
+        message: &'a [u8],
+        kind: Kind,
+    ) -> Option<Option<(&'a [u8], Option<IpAddr>)>> {
         let marker_len = Kind::MARKERS[kind as usize].len();
-        let after_marker = line.get(marker_at + marker_len..)?;
+        let after_marker = message.get(marker_len..)?;
+        if kind == Kind::LocalAuth {
+            if is_sshd(program) {
+                return Some(None);
+            }
+            return local_attempt(after_marker).map(Some);
+        }
         let subject = match kind {
             Kind::InvalidUser => after_marker.strip_prefix(b" ")?,
-            Kind::FailedPassword | Kind::FailedPublickey => {
+            _ => {
                 let rest = after_marker.strip_prefix(b" for ")?;
                 rest.strip_prefix(b"invalid user ").unwrap_or(rest)
             }
@@ -101,23 +252,63 @@ impl LineParser {
         let token = address[..token_end]
             .strip_suffix(b"]")
             .unwrap_or(&address[..token_end]);
-        // A link-local source carries its zone (`fe80::1%eth0`); the address is what counts.
-        let token = token.split(|b| *b == b'%').next().unwrap_or(token);
-        let source: IpAddr = std::str::from_utf8(token).ok()?.parse().ok()?;
-        Some(Failure {
-            stamp,
-            kind,
-            user,
-            source: source.to_canonical(),
-        })
+        Some(Some((user, Some(parse_address(token)?))))
     }
 }
 
-/// sshd's message follows `program[pid]: `; rsyslog's repeat folding writes
-/// `message repeated N times: [ MESSAGE]`. A marker at the very start of a line is a
-/// failure line that lost its header, which is malformed rather than innocent.
-fn starts_message(line: &[u8], marker_at: usize) -> bool {
-    matches!(line[..marker_at], [] | [.., b':' | b'[', b' '] | [.., b'['])
+/// An address token, normalised: a link-local source carries its zone (`fe80::1%eth0`);
+/// the address is what counts, and IPv4-mapped IPv6 is IPv4.
+fn parse_address(token: &[u8]) -> Option<IpAddr> {
+    let token = token.split(|b| *b == b'%').next().unwrap_or(token);
+    let source: IpAddr = std::str::from_utf8(token).ok()?.parse().ok()?;
+    Some(source.to_canonical())
+}
+
+/// `pam_unix`'s ` logname=A uid=1 euid=0 tty=T ruser=R rhost=H  user=U`: the user is
+/// required, the source is `rhost` when it is an address (local logins have none).
+fn local_attempt(fields: &[u8]) -> Option<(&[u8], Option<IpAddr>)> {
+    let value = |key: &[u8]| -> Option<&[u8]> {
+        let at = memmem::find_iter(fields, key)
+            .find(|&i| i > 0 && fields[i - 1] == b' ')?;
+        let rest = &fields[at + key.len()..];
+        let rest = rest.strip_suffix(b"]").unwrap_or(rest);
+        Some(&rest[..memchr::memchr(b' ', rest).unwrap_or(rest.len())])
+    };
+    let user = value(b"user=")?;
+    if user.is_empty() {
+        return None;
+    }
+    let source = value(b"rhost=").and_then(parse_address);
+    Some((user, source))
+}
+
+/// Whether a marker `at` bytes into `message` is where its kind puts it: at the start, or
+/// for PAM's line after its `pam_unix(SERVICE:auth): ` prefix.
+fn marker_in_place(message: &[u8], at: usize, kind: Kind) -> bool {
+    if at == 0 {
+        return true;
+    }
+    let prefix = &message[..at];
+    kind == Kind::LocalAuth
+        && prefix.starts_with(b"pam_unix(")
+        && prefix.ends_with(b"): ")
+        && !prefix[..prefix.len() - 3].contains(&b')')
+}
+
+/// Where a failure marker may start in a message, and how many attempts it stands for:
+/// at the start (once), or inside rsyslog's `message repeated N times: [ ` (N times).
+/// `None` when the repeat prefix is there but its count cannot be read.
+fn message_start(message: &[u8]) -> Option<(u32, usize)> {
+    let Some(rest) = message.strip_prefix(b"message repeated ") else {
+        return Some((1, 0));
+    };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let count: u32 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let after = rest[digits..].strip_prefix(b" times: [ ")?;
+    if count == 0 {
+        return None;
+    }
+    Some((count, message.len() - after.len()))
 }
 
 #[cfg(test)]
@@ -127,7 +318,7 @@ mod tests {
     use super::*;
 
     fn classify(line: &[u8]) -> Verdict<'_> {
-        let parser = LineParser::new();
+        let parser = LineParser::new(Programs::default());
         for (kind, marker) in Kind::ALL.into_iter().zip(Kind::MARKERS) {
             if let Some(at) = memmem::find(line, marker.as_bytes()) {
                 return parser.classify(line, at, kind);
@@ -138,7 +329,11 @@ mod tests {
 
     fn failure(line: &[u8]) -> (Kind, Vec<u8>, String) {
         match classify(line) {
-            Verdict::Failure(f) => (f.kind, f.user.to_vec(), f.source.to_string()),
+            Verdict::Failure(f) => (
+                f.kind,
+                f.user.to_vec(),
+                f.source.map(|s| s.to_string()).unwrap_or_default(),
+            ),
             other => panic!("{other:?} for {:?}", String::from_utf8_lossy(line)),
         }
     }
@@ -220,6 +415,61 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_message_counts_as_many_times_as_it_says() {
+        let line = b"Nov 30 06:39:17 h sshd[1]: message repeated 37 times: [ Failed password for root from 192.0.2.3 port 22 ssh2]";
+        match classify(line) {
+            Verdict::Failure(f) => assert_eq!(f.repeat, 37),
+            other => panic!("{other:?}"),
+        }
+        let once = b"Nov 30 06:39:17 h sshd[1]: Failed password for root from 192.0.2.3 port 22 ssh2";
+        assert!(matches!(classify(once), Verdict::Failure(Failure { repeat: 1, .. })));
+        for bad in [
+            &b"Nov 30 06:39:17 h sshd[1]: message repeated 0 times: [ Invalid user x from 192.0.2.3]"[..],
+            b"Nov 30 06:39:17 h sshd[1]: message repeated 99999999999 times: [ Invalid user x from 192.0.2.3]",
+            b"Nov 30 06:39:17 h sshd[1]: message repeated many times: [ Invalid user x from 192.0.2.3]",
+        ] {
+            assert_eq!(classify(bad), Verdict::Malformed, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn only_the_accepted_programs_are_counted() {
+        let forged = b"Nov 30 06:39:17 h myapp[7]: Failed password for root from 192.0.2.3 port 22 ssh2";
+        assert_eq!(classify(forged), Verdict::NotAFailure);
+        let parser = LineParser::new(Programs::new(&["myapp"]));
+        let at = memmem::find(forged, b"Failed password").unwrap();
+        assert!(matches!(parser.classify(forged, at, Kind::FailedPassword), Verdict::Failure(_)));
+        let sshd = b"Nov 30 06:39:17 h sshd[7]: Failed password for root from 192.0.2.3 port 22 ssh2";
+        let at = memmem::find(sshd, b"Failed password").unwrap();
+        assert_eq!(parser.classify(sshd, at, Kind::FailedPassword), Verdict::NotAFailure);
+    }
+
+    #[test]
+    fn sudo_su_and_login_pam_failures_are_local_failures_and_sshd_pam_lines_are_not_counted_twice() {
+        let sudo = b"Nov 30 06:39:17 h sudo[9]: pam_unix(sudo:auth): authentication failure; logname=bob uid=1000 euid=0 tty=/dev/pts/0 ruser=bob rhost=  user=bob";
+        assert_eq!(failure(sudo), (Kind::LocalAuth, b"bob".to_vec(), String::new()));
+        let su = b"2026-11-30T06:39:17+00:00 h su[9]: pam_unix(su:auth): authentication failure; logname=bob uid=1000 euid=0 tty=pts/0 ruser=bob rhost=  user=root";
+        assert_eq!(failure(su).1, b"root".to_vec());
+        let login = b"Nov 30 06:39:17 h login[9]: pam_unix(login:auth): authentication failure; logname=LOGIN uid=0 euid=0 tty=tty1 ruser= rhost=192.0.2.4  user=ops";
+        assert_eq!(failure(login), (Kind::LocalAuth, b"ops".to_vec(), "192.0.2.4".into()));
+        let sshd = b"Nov 30 06:39:17 h sshd[9]: pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=192.0.2.4  user=root";
+        assert_eq!(classify(sshd), Verdict::NotAFailure);
+        let no_user = b"Nov 30 06:39:17 h su[9]: pam_unix(su:auth): authentication failure; logname=bob uid=1000";
+        assert_eq!(classify(no_user), Verdict::Malformed);
+    }
+
+    #[test]
+    fn a_journal_message_is_judged_by_its_trusted_program() {
+        let parser = LineParser::new(Programs::default());
+        let message = b"Failed password for root from 192.0.2.3 port 22 ssh2";
+        let got = parser.classify_message(b"sshd", message, Kind::FailedPassword, 0);
+        assert!(matches!(got, Some(Some(Attempt { repeat: 1, .. }))), "{got:?}");
+        assert_eq!(parser.classify_message(b"logger", message, Kind::FailedPassword, 0), None);
+        let short = b"Failed password for root";
+        assert_eq!(parser.classify_message(b"sshd", short, Kind::FailedPassword, 0), Some(None));
+    }
+
+    #[test]
     fn truncated_unstamped_or_bad_address_lines_are_malformed() {
         let cases: [&[u8]; 6] = [
             b"Nov 30 06:39:17 h sshd[1]: Failed password for ro",
@@ -243,5 +493,7 @@ mod tests {
     fn marker_text_outside_a_message_is_not_a_failure() {
         let sudo = b"Nov 30 06:39:17 h sudo:  bob : TTY=pts/0 ; PWD=/ ; USER=root ; COMMAND=/usr/bin/grep Failed password /var/log/secure";
         assert_eq!(classify(sudo), Verdict::NotAFailure);
+        let echoed = b"Nov 30 06:39:17 h sshd[1]: Connection from x: Failed password for root from 192.0.2.1 port 22";
+        assert_eq!(classify(echoed), Verdict::NotAFailure);
     }
 }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use aho_corasick::{AhoCorasick, BuildError, Input, MatchKind};
 
-use super::parse::{Kind, LineParser, Verdict};
+use super::parse::{Kind, LineParser, Programs, Verdict};
 use super::timestamp::SyslogClock;
 
 /// Most bytes held at once: large enough that syscalls and the per-chunk carry-over
@@ -33,6 +33,23 @@ pub(crate) struct ScanOutcome {
     pub malformed: u64,
     /// A read failed after `consumed` bytes; what was consumed has been delivered.
     pub error: Option<io::Error>,
+    /// The last (up to [`MARK_BYTES`]) bytes consumed, to recognise this content later.
+    pub mark: Vec<u8>,
+}
+
+/// Length of [`ScanOutcome::mark`].
+pub(crate) const MARK_BYTES: usize = 64;
+
+/// Appends `consumed` to `mark`, keeping only its last [`MARK_BYTES`].
+fn extend_mark(mark: &mut Vec<u8>, consumed: &[u8]) {
+    if consumed.len() >= MARK_BYTES {
+        mark.clear();
+        mark.extend_from_slice(&consumed[consumed.len() - MARK_BYTES..]);
+    } else {
+        mark.extend_from_slice(consumed);
+        let excess = mark.len().saturating_sub(MARK_BYTES);
+        mark.drain(..excess);
+    }
 }
 
 /// One query's scanning machinery; the buffer lives as long as the query.
@@ -43,13 +60,13 @@ pub(crate) struct Scanner {
 }
 
 impl Scanner {
-    pub(crate) fn new() -> Result<Scanner, BuildError> {
+    pub(crate) fn new(programs: Programs) -> Result<Scanner, BuildError> {
         let markers = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostFirst)
             .build(Kind::MARKERS)?;
         Ok(Scanner {
             markers,
-            parser: LineParser::new(),
+            parser: LineParser::new(programs),
             buf: Vec::new(),
         })
     }
@@ -62,7 +79,7 @@ impl Scanner {
         expected_len: Option<u64>,
         tail: Tail,
         clock: &mut SyslogClock,
-        on_event: &mut impl FnMut(i64, Kind, &[u8], IpAddr),
+        on_event: &mut impl FnMut(i64, Kind, &[u8], Option<IpAddr>, u32),
     ) -> ScanOutcome {
         let want = expected_len
             .and_then(|len| usize::try_from(len.saturating_add(1)).ok())
@@ -82,7 +99,7 @@ impl Scanner {
         reader: &mut impl Read,
         tail: Tail,
         clock: &mut SyslogClock,
-        on_event: &mut impl FnMut(i64, Kind, &[u8], IpAddr),
+        on_event: &mut impl FnMut(i64, Kind, &[u8], Option<IpAddr>, u32),
     ) -> ScanOutcome {
         let mut outcome = ScanOutcome::default();
         // Bytes at the start of `buf` carried over from the previous chunk (a partial line).
@@ -103,6 +120,7 @@ impl Scanner {
             };
             outcome.malformed += self.scan_lines(&buf[..end], clock, on_event);
             outcome.consumed += end as u64;
+            extend_mark(&mut outcome.mark, &buf[..end]);
             if at_end {
                 outcome.error = error;
                 return outcome;
@@ -118,7 +136,7 @@ impl Scanner {
         &self,
         hay: &[u8],
         clock: &mut SyslogClock,
-        on_event: &mut impl FnMut(i64, Kind, &[u8], IpAddr),
+        on_event: &mut impl FnMut(i64, Kind, &[u8], Option<IpAddr>, u32),
     ) -> u64 {
         let mut malformed = 0;
         let mut pos = 0;
@@ -135,9 +153,13 @@ impl Scanner {
             if let Some(&kind) = Kind::ALL.get(found.pattern().as_usize()) {
                 match self.parser.classify(line, found.start() - start, kind) {
                     Verdict::Failure(failure) => match clock.resolve(failure.stamp) {
-                        Some(unix_ms) => {
-                            on_event(unix_ms, failure.kind, failure.user, failure.source)
-                        }
+                        Some(unix_ms) => on_event(
+                            unix_ms,
+                            failure.kind,
+                            failure.user,
+                            failure.source,
+                            failure.repeat,
+                        ),
                         None => malformed += 1,
                     },
                     Verdict::Malformed => malformed += 1,
@@ -201,7 +223,7 @@ mod tests {
     }
 
     fn run(data: &[u8], tail: Tail, buffer: usize) -> (Vec<(i64, Kind, String)>, ScanOutcome) {
-        let scanner = Scanner::new().unwrap();
+        let scanner = Scanner::new(Programs::default()).unwrap();
         let mut clock = SyslogClock::new(SystemTime::now());
         let mut events = Vec::new();
         let mut buf = vec![0u8; buffer];
@@ -210,7 +232,7 @@ mod tests {
             &mut Trickle { data, step: 7 },
             tail,
             &mut clock,
-            &mut |ms, kind, user, _| {
+            &mut |ms, kind, user, _, _| {
                 events.push((ms, kind, String::from_utf8_lossy(user).into_owned()))
             },
         );

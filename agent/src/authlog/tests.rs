@@ -101,25 +101,26 @@ fn rhel_secure_fixture_counts_each_kind_since_the_cutoff() {
             got.failed_publickey,
             got.total
         ),
-        (5, 1, 1, 7)
+        (6, 1, 1, 8),
+        "`message repeated 2 times` counts twice"
     );
     assert_eq!(
         names(&got.top_users),
-        [("root", 3), ("oracle", 2), ("git", 1)]
+        [("root", 4), ("oracle", 2), ("git", 1)]
     );
     assert_eq!(
         names(&got.top_sources),
-        [("203.0.113.5", 3), ("2001:db8::7", 2), ("192.0.2.77", 1)]
+        [("203.0.113.5", 4), ("2001:db8::7", 2), ("192.0.2.77", 1)]
     );
-    // Truncated, unstamped, bad address, and binary garbage before the marker.
-    assert_eq!(got.malformed_lines, 4);
+    // Truncated, unstamped and bad address; binary garbage names no accepted program.
+    assert_eq!(got.malformed_lines, 3);
     assert_eq!(got.bytes_read, size(&live));
     assert_eq!(got.files_read, [shown(&live)]);
     assert_eq!(got.oldest_event_unix_ms, local_ms(2026, 11, 29, 23, 59, 59));
     assert_eq!(got.evicted_events, 0);
 
     let all = log.query(0, 10, false).unwrap();
-    assert_eq!(all.total, 8);
+    assert_eq!(all.total, 9);
     assert!(
         names(&all.top_users).contains(&("\u{fffd}t\u{fffd}", 1)),
         "{:?}",
@@ -368,5 +369,151 @@ fn no_existing_candidate_is_an_error_naming_every_path_tried() {
     assert!(
         message.contains(&shown(&tried[0])) && message.contains(&shown(&tried[1])),
         "{message}"
+    );
+}
+
+#[test]
+fn a_symlinked_live_file_is_refused_and_named_and_its_target_never_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = live_file(&dir, "shadow", failed(0, "secret-content").as_bytes());
+    let live = dir.path().join("auth.log");
+    std::os::unix::fs::symlink(&secret, &live).unwrap();
+    let mut log = AuthLog::new(vec![live.clone()], 100);
+    let error = log.query(0, 10, false).unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, AuthLogError::Refused { .. }), "{error:?}");
+    assert!(message.contains(&shown(&live)) && message.contains("symbolic link"), "{message}");
+    assert!(!message.contains("secret-content"), "{message}");
+}
+
+#[test]
+fn a_live_file_not_owned_by_the_required_owner_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = live_file(&dir, "auth.log", failed(0, "a").as_bytes());
+    let other = rustix::process::geteuid().as_raw().wrapping_add(1);
+    let mut log = AuthLog::new(vec![live.clone()], 100).with_required_owner(other);
+    let message = log.query(0, 10, false).unwrap_err().to_string();
+    assert!(message.contains(&shown(&live)) && message.contains("owned by uid"), "{message}");
+}
+
+#[test]
+fn a_timestamp_beyond_the_clock_skew_allowance_is_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    let future = chrono::Utc::now() + chrono::Duration::hours(1);
+    let soon = chrono::Utc::now() + chrono::Duration::minutes(1);
+    let line = |at: chrono::DateTime<chrono::Utc>| {
+        format!(
+            "{} h sshd[9]: Failed password for root from 192.0.2.1 port 22 ssh2\n",
+            at.format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+        )
+    };
+    let live = live_file(&dir, "auth.log", format!("{}{}", line(future), line(soon)).as_bytes());
+    let got = AuthLog::new(vec![live], 100).query(0, 10, false).unwrap();
+    assert_eq!((got.total, got.malformed_lines), (1, 1));
+}
+
+#[test]
+fn after_evictions_every_answer_whose_window_lost_events_is_a_lower_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    // One line standing for a million attempts, then a few single ones.
+    let repeated = failed(0, "spray").replace(
+        "Failed password",
+        "message repeated 1000000 times: [ Failed password",
+    );
+    let repeated = repeated.replace(" ssh2\n", " ssh2]\n");
+    let singles: String = (1..=3).map(|s| failed(s, "u")).collect();
+    let live = live_file(&dir, "auth.log", format!("{repeated}{singles}").as_bytes());
+    let mut log = AuthLog::new(vec![live], 3);
+    let all = log.query(0, 10, false).unwrap();
+    assert_eq!((all.total, all.evicted_events, all.lower_bound), (3, 1_000_000, true));
+    let later = log.query(at_second(1), 10, false).unwrap();
+    assert!(!later.lower_bound, "nothing at or after the window's start was evicted");
+    assert_eq!(later.evicted_events, 1_000_000, "every answer still says events were evicted");
+
+    let mut roomy = AuthLog::new(vec![dir.path().join("auth.log")], 10);
+    let counted = roomy.query(0, 10, false).unwrap();
+    assert_eq!((counted.total, counted.lower_bound), (1_000_003, false));
+}
+
+/// One failure line with a unique port, so every line's bytes differ.
+fn numbered(n: u64) -> String {
+    format!(
+        "2026-11-30T07:00:00.000000+00:00 h sshd[9]: Failed password for u{} from 192.0.2.1 port {n} ssh2\n",
+        n % 50
+    )
+}
+
+/// logrotate's copytruncate with `rotate 5`: shift the numbered copies, copy the live file
+/// to `.1`, truncate it. The writer is held off meanwhile (the lock), which leaves out
+/// copytruncate's own window (lines written between copy and truncate are lost by
+/// logrotate itself); what is tested is that the reader loses nothing.
+fn copytruncate(live: &Path) {
+    for n in (1..5).rev() {
+        let from = PathBuf::from(format!("{}.{n}", live.display()));
+        if from.exists() {
+            fs::rename(&from, format!("{}.{}", live.display(), n + 1)).unwrap();
+        }
+    }
+    fs::copy(live, format!("{}.1", live.display())).unwrap();
+    OpenOptions::new().write(true).open(live).unwrap().set_len(0).unwrap();
+}
+
+#[test]
+fn copytruncate_rotation_every_quarter_second_under_a_query_loop_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+    const ROTATIONS: u32 = 12;
+
+    let dir = tempfile::tempdir().unwrap();
+    let live = live_file(&dir, "auth.log", b"");
+    let mut log = AuthLog::new(vec![live.clone()], 1 << 20);
+    assert_eq!(log.query(0, 10, false).unwrap().total, 0);
+
+    let lock = Arc::new(Mutex::new(()));
+    let rotations = Arc::new(AtomicU32::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (lock, rotations, live) = (lock.clone(), rotations.clone(), live.clone());
+        std::thread::spawn(move || {
+            let mut file = OpenOptions::new().append(true).open(&live).unwrap();
+            let mut written = 0u64;
+            while rotations.load(Ordering::SeqCst) < ROTATIONS {
+                let batch: String = (written..written + 16).map(numbered).collect();
+                {
+                    let _held = lock.lock().unwrap();
+                    file.write_all(batch.as_bytes()).unwrap();
+                }
+                written += 16;
+                // Paces the writer near a busy sshd (~16k lines/s); no synchronisation.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            written
+        })
+    };
+    let rotator = {
+        let (lock, rotations, done, live) = (lock.clone(), rotations.clone(), done.clone(), live.clone());
+        std::thread::spawn(move || {
+            while rotations.load(Ordering::SeqCst) < ROTATIONS {
+                std::thread::sleep(Duration::from_millis(250));
+                let _held = lock.lock().unwrap();
+                copytruncate(&live);
+                rotations.fetch_add(1, Ordering::SeqCst);
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    let mut queries = 0u64;
+    while !done.load(Ordering::SeqCst) {
+        log.query(0, 10, false).unwrap();
+        queries += 1;
+    }
+    rotator.join().unwrap();
+    let written = writer.join().unwrap();
+    let last = log.query(0, 10, false).unwrap();
+    assert!(written > 1000 && queries > 10, "written {written}, queries {queries}");
+    assert_eq!(
+        (last.total, last.malformed_lines),
+        (written, 0),
+        "{queries} queries over {ROTATIONS} rotations"
     );
 }

@@ -11,6 +11,10 @@ use chrono::{DateTime, Datelike, Local, NaiveDate, Offset, TimeZone};
 /// year: absorbs clock steps and coarse mtimes without flipping a line a whole year back.
 const FUTURE_TOLERANCE_MS: i64 = 24 * 3600 * 1000;
 
+/// How far past the agent's clock a timestamp may lie (the writer's clock running ahead,
+/// or ours behind) before the line is counted as malformed rather than as an event.
+pub(crate) const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
 /// A timestamp as written at the start of a line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Stamp {
@@ -169,20 +173,33 @@ pub(crate) struct SyslogClock {
     reference_year: i32,
     /// (month, day, hour, minute) packed, and the Unix ms at the start of that minute.
     last_minute: Option<(u32, i64)>,
+    /// Latest time accepted: the agent's clock when reading began, plus the skew allowance.
+    latest_ms: i64,
 }
 
 impl SyslogClock {
     pub(crate) fn new(reference: SystemTime) -> SyslogClock {
+        SyslogClock::with_now(reference, now_unix_ms())
+    }
+
+    /// As [`SyslogClock::new`] with the agent's clock given (for tests).
+    pub(crate) fn with_now(reference: SystemTime, now_ms: i64) -> SyslogClock {
         let local = DateTime::<Local>::from(reference);
         SyslogClock {
             reference_ms: local.timestamp_millis(),
             reference_year: local.year(),
             last_minute: None,
+            latest_ms: now_ms.saturating_add(MAX_CLOCK_SKEW_MS),
         }
     }
 
-    /// Unix ms of a stamp; `None` when no recent year has that date (e.g. Feb 30).
+    /// Unix ms of a stamp; `None` when no recent year has that date (e.g. Feb 30) or the
+    /// time lies further in the future than [`MAX_CLOCK_SKEW_MS`].
     pub(crate) fn resolve(&mut self, stamp: Stamp) -> Option<i64> {
+        self.resolve_any(stamp).filter(|ms| *ms <= self.latest_ms)
+    }
+
+    fn resolve_any(&mut self, stamp: Stamp) -> Option<i64> {
         let s = match stamp {
             Stamp::UnixMs(ms) => return Some(ms),
             Stamp::Syslog(s) => s,
@@ -207,6 +224,11 @@ impl SyslogClock {
             (ms <= self.reference_ms + FUTURE_TOLERANCE_MS).then_some(ms)
         })
     }
+}
+
+/// The agent's clock in Unix ms (0 if it is set before 1970).
+pub(crate) fn now_unix_ms() -> i64 {
+    DateTime::<Local>::from(SystemTime::now()).timestamp_millis()
 }
 
 fn local_minute_to_unix_ms(year: i32, s: &SyslogStamp) -> Option<i64> {
@@ -298,7 +320,7 @@ pub(super) mod tests {
     #[test]
     fn syslog_year_is_the_one_not_after_the_reference() {
         let reference = local_ms(2027, 1, 2, 12, 0, 0);
-        let mut clock = SyslogClock::new(system_time(reference));
+        let mut clock = SyslogClock::with_now(system_time(reference), reference);
         let dec = parse_stamp(b"Dec 31 23:59:58 h").unwrap();
         let jan = parse_stamp(b"Jan  1 00:00:05 h").unwrap();
         assert_eq!(clock.resolve(dec), Some(local_ms(2026, 12, 31, 23, 59, 58)));
@@ -313,8 +335,19 @@ pub(super) mod tests {
 
     #[test]
     fn syslog_leap_day_goes_back_to_a_leap_year() {
-        let mut clock = SyslogClock::new(system_time(local_ms(2027, 3, 1, 0, 0, 0)));
+        let at = local_ms(2027, 3, 1, 0, 0, 0);
+        let mut clock = SyslogClock::with_now(system_time(at), at);
         let leap = parse_stamp(b"Feb 29 10:00:00 h").unwrap();
         assert_eq!(clock.resolve(leap), Some(local_ms(2024, 2, 29, 10, 0, 0)));
+    }
+
+    #[test]
+    fn a_time_beyond_the_clock_skew_allowance_is_refused() {
+        let now = 1_796_020_757_000;
+        let mut clock = SyslogClock::with_now(system_time(now), now);
+        let soon = Stamp::UnixMs(now + MAX_CLOCK_SKEW_MS);
+        assert_eq!(clock.resolve(soon), Some(now + MAX_CLOCK_SKEW_MS));
+        assert_eq!(clock.resolve(Stamp::UnixMs(now + MAX_CLOCK_SKEW_MS + 1)), None);
+        assert_eq!(clock.resolve(Stamp::UnixMs(now + 86_400_000)), None);
     }
 }
