@@ -7,5 +7,6 @@ pub mod collect;
 pub mod jobs;
 pub mod config;
 pub mod imds;
+pub mod pools;
 pub mod server;
 pub mod service;

@@ -65,7 +65,7 @@ impl Audit {
         text.push('\n');
         let _guard = self.lock.lock().await;
         let path = self.path.clone();
-        let res = tokio::task::spawn_blocking(move || append_line(&path, text.as_bytes())).await;
+        let res = crate::pools::JOB_STORAGE.spawn(move || append_line(&path, text.as_bytes())).await;
         match res {
             Ok(r) => r.map_err(|source| AuditError {
                 path: self.path.clone(),

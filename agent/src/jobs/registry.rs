@@ -64,7 +64,7 @@ impl Shared {
     /// Writes a record on the blocking pool.
     pub(super) async fn persist(&self, job: Job) -> Result<(), JobError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.write(&job))
+        crate::pools::JOB_STORAGE.spawn(move || store.write(&job))
             .await
             .map_err(|e| JobError::Internal(e.to_string()))?
             .map_err(JobError::from)
@@ -98,7 +98,7 @@ impl Shared {
             return;
         }
         let store = self.store.clone();
-        let res = tokio::task::spawn_blocking(move || {
+        let res = crate::pools::JOB_STORAGE.spawn(move || {
             victims
                 .iter()
                 .filter_map(|id| store.remove(id).err())
@@ -170,7 +170,7 @@ impl Shared {
         let state_dir = settings.state_dir.clone();
         let audit_path = settings.audit_log_path();
         let audit_dir = audit_path.parent().map(|p| p.to_path_buf());
-        let (store, loaded, unreadable) = tokio::task::spawn_blocking(move || {
+        let (store, loaded, unreadable) = crate::pools::JOB_STORAGE.spawn(move || {
             if let Some(dir) = audit_dir {
                 std::fs::create_dir_all(&dir).map_err(|source| {
                     JobError::Store(super::store::StoreError {
