@@ -9,5 +9,6 @@ pub mod config;
 pub mod imds;
 pub mod metrics;
 pub mod pending;
+pub mod pools;
 pub mod server;
 pub mod service;

@@ -38,10 +38,12 @@ fn main() {
         println!("{}: ok", args.config.display());
         return;
     }
-    // Two workers and four blocking threads (a long cleanup walk or auth-log scan must not
-    // stall the collectors) are plenty for an agent; every extra
-    // thread can bring its own malloc arena: fewer threads keep the RSS small.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(4).enable_all().build() {
+    // Two workers are plenty for an agent; every extra thread can bring its own malloc
+    // arena, so fewer threads keep the RSS small. Blocking work is split into lanes
+    // (agent::pools) whose permits together stay below this limit, so no kind of it can
+    // take every blocking thread.
+    let blocking = agent::pools::MAX_BLOCKING_THREADS;
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(blocking).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

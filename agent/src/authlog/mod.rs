@@ -34,9 +34,9 @@ use files::FileId;
 use scan::{CountingReader, ScanOutcome, Scanner, Tail};
 use timestamp::SyslogClock;
 
-/// Length of the top users / top sources lists when the caller asks for 0 (as the wire
-/// contract says).
-pub const DEFAULT_TOP_N: usize = 10;
+/// Length of the top users / top sources lists when the caller asks for 0: the agent's one
+/// top-N default.
+pub use crate::collect::DEFAULT_TOP_N;
 
 /// Why a query could not read the live auth log.
 #[derive(Debug, thiserror::Error)]

@@ -61,7 +61,7 @@ impl AuthSources {
         rescan: bool,
     ) -> Result<AuthFailures, AuthLogError> {
         let files = self.files.clone();
-        let from_files = tokio::task::spawn_blocking(move || {
+        let from_files = crate::pools::AUTH_LOG.spawn(move || {
             let mut log = files.lock().map_err(|_| poisoned())?;
             if log.has_file() {
                 log.query(since_unix_ms, top_n, rescan).map(Some)
@@ -77,7 +77,7 @@ impl AuthSources {
         let Some(journal) = &self.journal else {
             // No file and no journal: the file reader's own error names every path tried.
             let files = self.files.clone();
-            return tokio::task::spawn_blocking(move || {
+            return crate::pools::AUTH_LOG.spawn(move || {
                 files.lock().map_err(|_| poisoned())?.query(since_unix_ms, top_n, rescan)
             })
             .await

@@ -2,8 +2,14 @@
 //! Mounts come from /proc/self/mountinfo (else /proc/mounts); pseudo filesystems are
 //! skipped and a device mounted twice is reported once. Usage comes from statvfs.
 //!
-//! A statvfs on a hung network mount blocks until the server answers; callers run this on
-//! a blocking thread for that reason.
+//! A statvfs on a hung network mount blocks until the server answers: it runs on a worker
+//! thread with a deadline ([`StatProbe`]), so a snapshot still answers and names that mount
+//! unresponsive. Never calls statvfs on the caller's thread.
+
+use std::collections::HashSet;
+use std::io;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use ops_proto::v1::Filesystem;
 
@@ -171,12 +177,14 @@ pub(crate) fn to_filesystem(entry: MountEntry, usage: &Usage) -> Filesystem {
         },
         inodes_total: usage.inodes,
         inodes_used: usage.inodes.saturating_sub(usage.inodes_free),
+        unresponsive: false,
     }
 }
 
 /// Every real filesystem with its usage; empty when no mount table is readable. Mount
-/// points the agent may not stat are left out.
-pub(crate) fn collect() -> Vec<Filesystem> {
+/// points the agent may not stat are left out; a mount whose statvfs does not answer
+/// within the probe's deadline is listed with `unresponsive` set and no figures.
+pub(crate) fn collect(probe: &StatProbe) -> Vec<Filesystem> {
     let entries: Vec<MountEntry> = if let Some(text) = super::read_optional(MOUNTINFO) {
         text.lines().filter_map(parse_mountinfo_line).collect()
     } else if let Some(text) = super::read_optional(MOUNTS) {
@@ -184,32 +192,189 @@ pub(crate) fn collect() -> Vec<Filesystem> {
     } else {
         return Vec::new();
     };
-    select_real(entries)
+    report(select_real(entries), probe)
+}
+
+/// The reports of `entries`, each measured through `probe`.
+pub(crate) fn report(entries: Vec<MountEntry>, probe: &StatProbe) -> Vec<Filesystem> {
+    entries
         .into_iter()
-        .filter_map(|entry| {
-            let stats = match rustix::fs::statvfs(entry.mount_point.as_str()) {
-                Ok(stats) => stats,
-                Err(error) => {
-                    tracing::debug!(mount_point = %entry.mount_point, %error, "statvfs failed");
-                    return None;
-                }
-            };
-            let usage = Usage {
-                block_size: if stats.f_frsize > 0 {
-                    stats.f_frsize
-                } else {
-                    stats.f_bsize
-                },
-                blocks: stats.f_blocks,
-                blocks_free: stats.f_bfree,
-                blocks_available: stats.f_bavail,
-                inodes: stats.f_files,
-                inodes_free: stats.f_ffree,
-            };
-            // No blocks at all: a placeholder such as an automount point, as `df` hides.
-            (usage.blocks > 0).then(|| to_filesystem(entry, &usage))
+        .filter_map(|entry| match probe.stat(&entry.mount_point) {
+            Probe::Answered(Ok(usage)) => {
+                // No blocks at all: a placeholder such as an automount point, as `df` hides.
+                (usage.blocks > 0).then(|| to_filesystem(entry, &usage))
+            }
+            Probe::Answered(Err(error)) => {
+                tracing::debug!(mount_point = %entry.mount_point, %error, "statvfs failed");
+                None
+            }
+            Probe::Unresponsive => Some(Filesystem {
+                mount_point: entry.mount_point,
+                device: entry.source,
+                fs_type: entry.fs_type,
+                unresponsive: true,
+                ..Filesystem::default()
+            }),
         })
         .collect()
+}
+
+/// statvfs(2) of one mount point, as the report needs it.
+pub(crate) fn statvfs(mount_point: &str) -> io::Result<Usage> {
+    let stats = rustix::fs::statvfs(mount_point).map_err(io::Error::from)?;
+    Ok(Usage {
+        block_size: if stats.f_frsize > 0 { stats.f_frsize } else { stats.f_bsize },
+        blocks: stats.f_blocks,
+        blocks_free: stats.f_bfree,
+        blocks_available: stats.f_bavail,
+        inodes: stats.f_files,
+        inodes_free: stats.f_ffree,
+    })
+}
+
+/// How long a statvfs may take before its mount is reported unresponsive.
+pub(crate) const STAT_DEADLINE: Duration = Duration::from_millis(500);
+/// Threads left stuck in a statvfs (one per hung mount at most) before the probe stops
+/// starting new ones and reports every mount it cannot check as unresponsive.
+const MAX_STUCK_STATS: usize = 8;
+
+/// The statvfs function, injectable so that tests can stand in a mount that never answers.
+pub(crate) type StatFn = fn(&str) -> io::Result<Usage>;
+
+/// What a probe learned about one mount point.
+#[derive(Debug)]
+pub(crate) enum Probe {
+    Answered(io::Result<Usage>),
+    /// No answer within the deadline, or still no answer to an earlier call.
+    Unresponsive,
+}
+
+/// Runs statvfs on worker threads with a deadline, because a statvfs on a hung network
+/// mount blocks in the kernel until the server answers, and nothing can interrupt it.
+/// A worker that misses its deadline is abandoned (it ends when the call returns) and its
+/// mount is marked hung: later snapshots report that mount at once instead of leaving
+/// another thread behind, until the stuck call returns.
+pub(crate) struct StatProbe {
+    stat: StatFn,
+    deadline: Duration,
+    state: Arc<Mutex<ProbeState>>,
+}
+
+#[derive(Default)]
+struct ProbeState {
+    /// Workers waiting for a request.
+    idle: Vec<Worker>,
+    /// Mount points whose statvfs is still stuck.
+    hung: HashSet<String>,
+}
+
+struct Worker {
+    requests: mpsc::SyncSender<Request>,
+}
+
+struct Request {
+    mount_point: String,
+    reply: mpsc::SyncSender<io::Result<Usage>>,
+}
+
+impl StatProbe {
+    pub(crate) fn new(stat: StatFn, deadline: Duration) -> StatProbe {
+        StatProbe { stat, deadline, state: Arc::default() }
+    }
+
+    /// The agent's probe: the real statvfs, STAT_DEADLINE.
+    pub(crate) fn host() -> &'static StatProbe {
+        static PROBE: OnceLock<StatProbe> = OnceLock::new();
+        PROBE.get_or_init(|| StatProbe::new(statvfs, STAT_DEADLINE))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProbeState> {
+        // Plain data: a panic elsewhere leaves it usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// statvfs of `mount_point`, or `Unresponsive` when it does not answer in time.
+    pub(crate) fn stat(&self, mount_point: &str) -> Probe {
+        let worker = {
+            let mut state = self.lock();
+            if state.hung.contains(mount_point) {
+                return Probe::Unresponsive;
+            }
+            match state.idle.pop() {
+                Some(w) => Some(w),
+                None if state.hung.len() >= MAX_STUCK_STATS => None,
+                None => self.start_worker(),
+            }
+        };
+        let Some(worker) = worker else {
+            return Probe::Unresponsive;
+        };
+        let (reply, answer) = mpsc::sync_channel(1);
+        let request = Request { mount_point: mount_point.to_owned(), reply };
+        if worker.requests.send(request).is_err() {
+            return Probe::Answered(Err(io::Error::other("statvfs worker ended")));
+        }
+        match answer.recv_timeout(self.deadline) {
+            Ok(result) => {
+                self.lock().idle.push(worker);
+                Probe::Answered(result)
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                tracing::warn!(
+                    mount_point,
+                    "statvfs gave no answer within {} ms; reporting the mount unresponsive",
+                    self.deadline.as_millis()
+                );
+                // Under the lock the worker also answers under, so that either its answer
+                // is seen here or it sees the channel closed and clears the mark itself.
+                let mut state = self.lock();
+                if let Ok(result) = answer.try_recv() {
+                    state.idle.push(worker);
+                    return Probe::Answered(result);
+                }
+                // The worker's thread is stuck in the kernel: it is marked hung and dropped
+                // here; it clears the mark and ends when its call returns.
+                state.hung.insert(mount_point.to_owned());
+                drop(answer);
+                Probe::Unresponsive
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Probe::Answered(Err(io::Error::other("statvfs worker ended")))
+            }
+        }
+    }
+
+    fn start_worker(&self) -> Option<Worker> {
+        let (requests, incoming) = mpsc::sync_channel::<Request>(1);
+        let (stat, state) = (self.stat, Arc::clone(&self.state));
+        let spawned = std::thread::Builder::new()
+            .name("statvfs".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                while let Ok(req) = incoming.recv() {
+                    let result = stat(&req.mount_point);
+                    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                    if req.reply.send(result).is_err() {
+                        // Abandoned after its deadline: nobody holds this worker any more.
+                        state.hung.remove(&req.mount_point);
+                        return;
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => Some(Worker { requests }),
+            Err(error) => {
+                tracing::warn!(%error, "cannot start a statvfs worker thread");
+                None
+            }
+        }
+    }
+
+    /// Mount points whose statvfs is still stuck (for tests).
+    #[cfg(test)]
+    pub(crate) fn hung(&self) -> Vec<String> {
+        self.lock().hung.iter().cloned().collect()
+    }
 }
 
 #[cfg(test)]
@@ -296,6 +461,74 @@ mod tests {
         let kept = select_real(entries);
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].mount_point, "/");
+    }
+
+    fn never_answers_for_hung(mount_point: &str) -> io::Result<Usage> {
+        if mount_point == "/mnt/hung" {
+            // Stands in for a statvfs on a dead NFS server: it never returns.
+            loop {
+                std::thread::park();
+            }
+        }
+        Ok(Usage { block_size: 4096, blocks: 100, blocks_free: 50, blocks_available: 40, inodes: 10, inodes_free: 5 })
+    }
+
+    fn entry(mount_point: &str) -> MountEntry {
+        MountEntry {
+            key: mount_point.into(),
+            mount_point: mount_point.into(),
+            fs_type: "nfs4".into(),
+            source: format!("server:{mount_point}"),
+        }
+    }
+
+    #[test]
+    fn a_mount_whose_statvfs_never_returns_is_named_unresponsive_within_the_deadline() {
+        let probe = StatProbe::new(never_answers_for_hung, Duration::from_millis(200));
+        let entries = || vec![entry("/"), entry("/mnt/hung"), entry("/srv")];
+        let started = std::time::Instant::now();
+        let fs = report(entries(), &probe);
+        let took = started.elapsed();
+        // One deadline, plus generous slack for a loaded machine.
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        let seen: Vec<(&str, bool, u64)> =
+            fs.iter().map(|f| (f.mount_point.as_str(), f.unresponsive, f.total_bytes)).collect();
+        assert_eq!(seen, [("/", false, 409_600), ("/mnt/hung", true, 0), ("/srv", false, 409_600)]);
+        assert_eq!(fs[1].device, "server:/mnt/hung");
+        assert_eq!(probe.hung(), ["/mnt/hung"]);
+
+        // The next snapshot does not wait again nor leave another thread behind.
+        let started = std::time::Instant::now();
+        let fs = report(entries(), &probe);
+        assert!(started.elapsed() < Duration::from_millis(200), "waited again: {:?}", started.elapsed());
+        assert!(fs[1].unresponsive);
+        assert_eq!(probe.hung().len(), 1);
+    }
+
+    fn slow_once(mount_point: &str) -> io::Result<Usage> {
+        if mount_point == "/mnt/slow" {
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        never_answers_for_hung("/")
+    }
+
+    #[test]
+    fn a_mount_that_answers_late_is_measured_again_once_its_call_returns() {
+        let probe = StatProbe::new(slow_once, Duration::from_millis(50));
+        assert!(matches!(probe.stat("/mnt/slow"), Probe::Unresponsive));
+        // The abandoned call returns after about 400 ms and clears the mark.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !probe.hung().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the hung mark was never cleared");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(matches!(probe.stat("/"), Probe::Answered(Ok(_))));
+    }
+
+    #[test]
+    fn the_real_root_filesystem_is_measured_through_the_probe() {
+        let fs = collect(StatProbe::host());
+        assert!(fs.iter().all(|f| !f.unresponsive), "{fs:#?}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod host;
 mod memory;
 mod net;
 mod processes;
+pub mod sampler;
 mod users;
 
 use std::io::{self, Read};
@@ -24,6 +25,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ops_proto::v1::Snapshot;
 
 pub use host::host_info;
+
+/// Length of every top list (processes, auth-failure users and sources) when the caller
+/// asks for 0, as the wire contract says.
+pub const DEFAULT_TOP_N: usize = 10;
+/// Upper bound on the length of a top list, whatever the caller asks.
+pub const MAX_TOP_N: usize = 500;
+
+/// The length of a top list for a requested `n`: 0 means [`DEFAULT_TOP_N`].
+pub fn top_n(n: u32) -> usize {
+    if n == 0 {
+        DEFAULT_TOP_N
+    } else {
+        usize::try_from(n).unwrap_or(MAX_TOP_N).min(MAX_TOP_N)
+    }
+}
 
 const PROC_STAT: &str = "/proc/stat";
 const PROC_MEMINFO: &str = "/proc/meminfo";
@@ -158,7 +174,7 @@ pub fn build_snapshot_with(
         top_by_cpu: tops.by_cpu,
         top_by_memory: tops.by_memory,
         memory: Some(mem.to_proto()),
-        filesystems: filesystems::collect(),
+        filesystems: filesystems::collect(filesystems::StatProbe::host()),
         load: read_optional(PROC_LOADAVG).and_then(|text| cpu::parse_loadavg(&text)),
         disk_io: disks::rates(&prev.disks, &cur.disks, window),
         connections,

@@ -99,7 +99,7 @@ impl Audit {
         text.push_str(&Value::Object(line).to_string());
         text.push('\n');
         let path = self.path.clone();
-        let res = tokio::task::spawn_blocking(move || append_line(&path, text.as_bytes())).await;
+        let res = crate::pools::JOB_STORAGE.spawn(move || append_line(&path, text.as_bytes())).await;
         if matches!(res, Ok(Ok(()))) && torn {
             self.torn.store(false, Ordering::SeqCst);
         }

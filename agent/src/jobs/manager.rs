@@ -122,7 +122,7 @@ impl JobManager {
         }
         let check = {
             let (sh, spec) = (self.shared.clone(), spec.clone());
-            tokio::task::spawn_blocking(move || kinds::prepare(&spec, &sh.settings))
+            crate::pools::JOB_STORAGE.spawn(move || kinds::prepare(&spec, &sh.settings))
                 .await
                 .map_err(|e| JobError::Internal(e.to_string()))?
         };
@@ -169,7 +169,7 @@ impl JobManager {
         // On disk and in the audit log before anything runs; undone if either fails.
         let store = sh.store.clone();
         let record = job.clone();
-        let created = tokio::task::spawn_blocking(move || store.create(&record))
+        let created = crate::pools::JOB_STORAGE.spawn(move || store.create(&record))
             .await
             .map_err(|e| JobError::Internal(e.to_string()))
             .and_then(|r| r.map_err(JobError::from));
@@ -333,7 +333,7 @@ impl JobManager {
         drop(inner);
         let store = self.shared.store.clone();
         let id = job.id.clone();
-        tokio::task::spawn_blocking(move || store.remove(&id));
+        tokio::spawn(crate::pools::JOB_STORAGE.spawn(move || store.remove(&id)));
     }
 
     /// The current record of one job.

@@ -85,7 +85,7 @@ impl OutputLog {
             ));
         }
         let dir = l.state_dir.clone();
-        let free = tokio::task::spawn_blocking(move || free_bytes(&dir)).await;
+        let free = crate::pools::JOB_STORAGE.spawn(move || free_bytes(&dir)).await;
         match free {
             Ok(Ok(free)) if free.saturating_sub(len) >= l.min_free_bytes => None,
             Ok(Ok(free)) => Some(format!(

@@ -67,7 +67,7 @@ impl Shared {
     /// Writes a record on the blocking pool.
     pub(super) async fn persist(&self, job: Job) -> Result<(), JobError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.write(&job))
+        crate::pools::JOB_STORAGE.spawn(move || store.write(&job))
             .await
             .map_err(|e| JobError::Internal(e.to_string()))?
             .map_err(JobError::from)
@@ -107,7 +107,7 @@ impl Shared {
         }
         let dir = self.settings.state_dir.clone();
         let floor = self.settings.jobs.min_free_bytes;
-        match tokio::task::spawn_blocking(move || super::output::free_bytes(&dir)).await {
+        match crate::pools::JOB_STORAGE.spawn(move || super::output::free_bytes(&dir)).await {
             Ok(Ok(free)) if free < floor => Err(format!(
                 "free space on {} is {free} bytes, below the floor of {floor} bytes ([jobs] min_free_bytes)",
                 self.settings.state_dir.display()
@@ -149,7 +149,7 @@ impl Shared {
             return;
         }
         let store = self.store.clone();
-        let res = tokio::task::spawn_blocking(move || {
+        let res = crate::pools::JOB_STORAGE.spawn(move || {
             victims
                 .iter()
                 .filter_map(|id| store.remove(id).err())
@@ -221,7 +221,7 @@ impl Shared {
         let state_dir = settings.state_dir.clone();
         let audit_path = settings.audit_log_path();
         let audit_dir = audit_path.parent().map(|p| p.to_path_buf());
-        let (store, loaded, unreadable, (audit, torn)) = tokio::task::spawn_blocking(move || {
+        let (store, loaded, unreadable, (audit, torn)) = crate::pools::JOB_STORAGE.spawn(move || {
             if let Some(dir) = audit_dir {
                 std::fs::create_dir_all(&dir).map_err(|source| {
                     JobError::Store(super::store::StoreError {
@@ -260,7 +260,7 @@ impl Shared {
             HashMap::new()
         } else {
             let path = shared.audit.path().to_path_buf();
-            tokio::task::spawn_blocking(move || super::audit::finished_lines(&path, &open))
+            crate::pools::JOB_STORAGE.spawn(move || super::audit::finished_lines(&path, &open))
                 .await
                 .map_err(|e| JobError::Internal(e.to_string()))?
         };
