@@ -25,50 +25,49 @@ pub async fn discover_with(clients: &AwsClients, cfg: &ControllerConfig) -> Resu
     let instances = ec2::describe_instances(&clients.ec2, &cfg.fleet.tag_filters, &["running"])
         .await
         .map_err(|e| FleetError::Ec2(e.to_string()))?;
-    let (mut hosts, mut left_out) = hosts_from_instances(&instances, &cfg.fleet, &cfg.runbooks);
-    if clients.local_emulator {
-        let (keep, refuse): (Vec<Host>, Vec<Host>) =
-            hosts.into_iter().partition(|h| crate::aws::may_contact(true, ops_proto::tls::host_part(&h.address)));
-        hosts = keep;
-        left_out.extend(refuse.into_iter().map(|h| (h.instance_id.unwrap_or(h.name), crate::aws::NOT_CONTACTED.to_string())));
-    }
-    for (id, why) in left_out {
-        tracing::warn!(instance = %id, "left out of the fleet: {why}");
+    let (hosts, left_out): (Vec<Host>, Vec<Host>) =
+        hosts_from_instances(&instances, &cfg.fleet, &cfg.runbooks, clients.local_emulator).into_iter().partition(|h| h.undialable.is_none());
+    for h in left_out {
+        tracing::warn!(instance = %h.instance_id.as_deref().unwrap_or(&h.name), "left out of the fleet: {}", h.undialable.unwrap_or_default());
     }
     Ok(hosts)
 }
 
-/// Hosts for the given instances, plus (instance id, reason) for those that cannot be
-/// dialled. Names are the Name tag (or the instance id); a Name shared by several
-/// instances gets the instance id appended so that every host name is unique. Pure.
-pub fn hosts_from_instances(instances: &[Instance], fleet: &FleetConfig, runbooks: &RunbooksConfig) -> (Vec<Host>, Vec<(String, String)>) {
+/// One host per instance. Those that cannot be dialled (no address of the configured
+/// kind) or must not be (an address a local AWS emulator invented: this is the one place
+/// that guard is applied to agents) carry the reason in `undialable`. Names are the Name
+/// tag (or the instance id); a Name shared by several instances gets the instance id
+/// appended so that every host name is unique. Pure.
+pub fn hosts_from_instances(instances: &[Instance], fleet: &FleetConfig, runbooks: &RunbooksConfig, local_emulator: bool) -> Vec<Host> {
     let mut name_count: BTreeMap<&str, usize> = BTreeMap::new();
     for i in instances {
         *name_count.entry(i.name.as_deref().unwrap_or(&i.id)).or_default() += 1;
     }
     let mut hosts = Vec::new();
-    let mut left_out = Vec::new();
     for i in instances {
         let base = i.name.as_deref().unwrap_or(&i.id);
         let name = if name_count.get(base).copied().unwrap_or(0) > 1 && base != i.id { format!("{base}/{}", i.id) } else { base.to_string() };
-        match agent_address(i, fleet) {
+        let (address, server_name, undialable) = match agent_address(i, fleet) {
             Ok(address) => {
                 let target = AgentTarget::new(address, None);
-                hosts.push(Host {
-                    name,
-                    url: app_url(i, runbooks, ops_proto::tls::host_part(&target.address)).ok(),
-                    address: target.address,
-                    server_name: target.server_name,
-                    instance_id: Some(i.id.clone()),
-                    instance_type: i.instance_type.clone(),
-                    private_ip: i.private_ip.clone(),
-                    public_ip: i.public_ip.clone(),
-                });
+                let refused = !crate::aws::may_contact(local_emulator, ops_proto::tls::host_part(&target.address));
+                (target.address, target.server_name, refused.then(|| crate::aws::NOT_CONTACTED.to_string()))
             }
-            Err(why) => left_out.push((i.id.clone(), why)),
-        }
+            Err(why) => (String::new(), String::new(), Some(format!("cannot be dialled: {why}"))),
+        };
+        hosts.push(Host {
+            name,
+            url: app_url(i, runbooks, ops_proto::tls::host_part(&address)).ok(),
+            address,
+            server_name,
+            instance_id: Some(i.id.clone()),
+            instance_type: i.instance_type.clone(),
+            private_ip: i.private_ip.clone(),
+            public_ip: i.public_ip.clone(),
+            undialable,
+        });
     }
-    (hosts, left_out)
+    hosts
 }
 
 /// host:port of the instance's agent as `[fleet] address` says. Pure.
@@ -111,6 +110,7 @@ pub fn tls_endpoint(i: &Instance, runbooks: &RunbooksConfig, agent_host: &str) -
     expand(&runbooks.tls_endpoint, &vars(i, agent_host))
 }
 
+/// The template values of an instance; `{host}` is the host part of its agent address.
 fn vars<'a>(i: &'a Instance, agent_host: &'a str) -> TemplateVars<'a> {
     TemplateVars {
         public_ip: i.public_ip.as_deref(),
@@ -153,8 +153,8 @@ mod tests {
         fleet.address = "public-ip".into();
         assert_eq!(agent_address(&i, &fleet).unwrap_err(), "no public IP address");
         fleet.address = "tag:Agent".into();
-        let (hosts, left) = hosts_from_instances(std::slice::from_ref(&i), &fleet, &rb);
-        assert!(left.is_empty());
+        let hosts = hosts_from_instances(std::slice::from_ref(&i), &fleet, &rb, false);
+        assert_eq!(hosts[0].undialable, None);
         assert_eq!(hosts[0].address, "127.0.0.1:9443");
         assert_eq!(hosts[0].server_name, "127.0.0.1");
         assert_eq!(hosts[0].instance_id.as_deref(), Some("i-1"));
@@ -167,9 +167,12 @@ mod tests {
         let a = instance("i-a", Some("web"), &[("Agent", "127.0.0.1:1")]);
         let b = instance("i-b", Some("web"), &[("Agent", "127.0.0.1:2")]);
         let c = instance("i-c", None, &[]);
-        let (hosts, left) = hosts_from_instances(&[a, b, c], &fleet, &RunbooksConfig::default());
-        assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["web/i-a", "web/i-b"]);
-        assert_eq!(left, vec![("i-c".to_string(), "no tag \"Agent\"".to_string())]);
+        let hosts = hosts_from_instances(&[a, b, c], &fleet, &RunbooksConfig::default(), false);
+        assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["web/i-a", "web/i-b", "i-c"]);
+        assert_eq!(hosts[2].undialable.as_deref(), Some("cannot be dialled: no tag \"Agent\""));
+        let invented = instance("i-d", Some("db"), &[("Agent", "10.0.1.5:7443")]);
+        let hosts = hosts_from_instances(&[invented], &fleet, &RunbooksConfig::default(), true);
+        assert_eq!(hosts[0].undialable.as_deref(), Some(crate::aws::NOT_CONTACTED), "an emulator's address is never dialled");
     }
 
     #[test]

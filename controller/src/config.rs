@@ -57,9 +57,14 @@ pub struct FleetConfig {
     pub source: FleetSource,
     #[serde(default)]
     pub hosts: Vec<StaticHost>,
-    /// EC2 source: tag key -> value that instances must carry.
+    /// EC2 source: tag key -> value that instances must carry (required, unless
+    /// `all_instances = true`).
     #[serde(default)]
     pub tag_filters: BTreeMap<String, String>,
+    /// EC2 source: the fleet is every instance of the account and region. Must be said
+    /// explicitly: an empty tag filter is otherwise a configuration error.
+    #[serde(default)]
+    pub all_instances: bool,
     /// EC2 source: "private-ip" (default), "public-ip" or "tag:<Key>" (the tag holds host:port).
     #[serde(default = "default_address_mode")]
     pub address: String,
@@ -82,6 +87,7 @@ impl Default for FleetConfig {
             source: FleetSource::Static,
             hosts: Vec::new(),
             tag_filters: BTreeMap::new(),
+            all_instances: false,
             address: default_address_mode(),
             agent_port: default_agent_port(),
             concurrency: default_concurrency(),
@@ -199,6 +205,14 @@ impl ControllerConfig {
                 if !f.hosts.is_empty() {
                     return Err("[fleet] source = \"ec2\" does not take [[fleet.hosts]]; use source = \"static\"".into());
                 }
+                if f.tag_filters.is_empty() && !f.all_instances {
+                    return Err("[fleet] source = \"ec2\" needs a non-empty tag_filters (e.g. tag_filters = { Project = \"TechHealth\" }), \
+                                or all_instances = true to make every instance of the account the fleet"
+                        .into());
+                }
+                if !f.tag_filters.is_empty() && f.all_instances {
+                    return Err("[fleet] all_instances = true and tag_filters contradict each other: keep one".into());
+                }
             }
         }
         self.runbooks.validate()?;
@@ -246,10 +260,21 @@ mod tests {
     }
 
     #[test]
+    fn an_ec2_fleet_needs_a_tag_filter_or_an_explicit_all_instances() {
+        let cfg = ControllerConfig::parse(&format!("{BASE}[fleet]\nsource = \"ec2\"\n")).unwrap();
+        let err = cfg.validate().unwrap_err();
+        assert!(err.contains("needs a non-empty tag_filters") && err.contains("all_instances = true"), "{err}");
+        let cfg = ControllerConfig::parse(&format!("{BASE}[fleet]\nsource = \"ec2\"\nall_instances = true\n")).unwrap();
+        cfg.validate().unwrap();
+        let both = format!("{BASE}[fleet]\nsource = \"ec2\"\nall_instances = true\ntag_filters = {{ A = \"b\" }}\n");
+        assert!(ControllerConfig::parse(&both).unwrap().validate().unwrap_err().contains("contradict"));
+    }
+
+    #[test]
     fn address_mode_must_be_known() {
-        let cfg = ControllerConfig::parse(&format!("{BASE}[fleet]\nsource = \"ec2\"\naddress = \"elastic\"\n")).unwrap();
+        let cfg = ControllerConfig::parse(&format!("{BASE}[fleet]\nsource = \"ec2\"\ntag_filters = {{ A = \"b\" }}\naddress = \"elastic\"\n")).unwrap();
         assert!(cfg.validate().unwrap_err().contains("elastic"));
-        let cfg = ControllerConfig::parse(&format!("{BASE}[fleet]\nsource = \"ec2\"\naddress = \"tag:Agent\"\nconnect_timeout = \"250ms\"\n")).unwrap();
+        let cfg = ControllerConfig::parse(&format!("{BASE}[fleet]\nsource = \"ec2\"\ntag_filters = {{ A = \"b\" }}\naddress = \"tag:Agent\"\nconnect_timeout = \"250ms\"\n")).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.fleet.connect_timeout, std::time::Duration::from_millis(250));
     }

@@ -26,6 +26,11 @@ pub struct Host {
     /// Application URL for connectivity checks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Why this host must not or cannot be dialled (no address of the configured kind, or
+    /// an address invented by a local AWS emulator). Such a host is still listed, so that
+    /// the runbooks name it instead of dropping it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undialable: Option<String>,
 }
 
 impl Host {
@@ -49,6 +54,7 @@ pub fn static_hosts(cfg: &FleetConfig) -> Vec<Host> {
                 private_ip: None,
                 public_ip: None,
                 url: h.url.clone(),
+                undialable: None,
             }
         })
         .collect()

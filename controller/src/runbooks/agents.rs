@@ -57,9 +57,9 @@ pub struct Live {
 }
 
 /// Failed logins since `since` from every host's agent.
-pub async fn auth_failures(dialer: &Dialer, hosts: &[Host], since: DateTime<Utc>, local_emulator: bool) -> Vec<HostAnswer<AuthSummary>> {
+pub async fn auth_failures(dialer: &Dialer, hosts: &[Host], since: DateTime<Utc>) -> Vec<HostAnswer<AuthSummary>> {
     let since_ms = since.timestamp_millis();
-    ask_each(dialer, hosts, local_emulator, move |mut c| async move {
+    ask_each(dialer, hosts, move |mut c| async move {
         let a = c
             .get_auth_failures(AuthFailuresRequest { since_unix_ms: since_ms, top_n: TOP_N, rescan: false })
             .await?
@@ -78,8 +78,8 @@ pub async fn auth_failures(dialer: &Dialer, hosts: &[Host], since: DateTime<Utc>
 }
 
 /// A live snapshot from every host's agent.
-pub async fn live(dialer: &Dialer, hosts: &[Host], local_emulator: bool) -> Vec<HostAnswer<Live>> {
-    ask_each(dialer, hosts, local_emulator, |mut c| async move {
+pub async fn live(dialer: &Dialer, hosts: &[Host]) -> Vec<HostAnswer<Live>> {
+    ask_each(dialer, hosts, |mut c| async move {
         let s = c.get_snapshot(SnapshotRequest { top_n: 1, cpu_interval_ms: 0 }).await?.into_inner();
         Ok(Live {
             cpu_percent: s.cpu_percent,
@@ -95,9 +95,9 @@ pub async fn live(dialer: &Dialer, hosts: &[Host], local_emulator: bool) -> Vec<
     .await
 }
 
-/// Connects to every host (never to an emulator's invented address) and asks it one
-/// thing; each host's answer or the named reason there was none, in fleet order.
-async fn ask_each<T, F, Fut>(dialer: &Dialer, hosts: &[Host], local_emulator: bool, ask: F) -> Vec<HostAnswer<T>>
+/// Connects to every host (never to one marked undialable) and asks it one thing; each
+/// host's answer or the named reason there was none, in fleet order.
+async fn ask_each<T, F, Fut>(dialer: &Dialer, hosts: &[Host], ask: F) -> Vec<HostAnswer<T>>
 where
     F: Fn(AgentClient<Channel>) -> Fut + Clone,
     Fut: Future<Output = Result<T, tonic::Status>>,
@@ -107,7 +107,9 @@ where
             let ask = ask.clone();
             async move {
                 let answer = async {
-                    refuse_fake_address(h, local_emulator)?;
+                    if let Some(why) = &h.undialable {
+                        return Err(why.clone());
+                    }
                     let c = d.connect(h).await.map_err(|e| e.to_string())?;
                     ask(c).await.map_err(|s| call_error(&s).to_string())
                 }
@@ -119,13 +121,4 @@ where
         .into_iter()
         .map(|(_, a)| a)
         .collect()
-}
-
-/// Refuses to dial an address invented by a local AWS emulator (see `aws::may_contact`).
-fn refuse_fake_address(h: &Host, local_emulator: bool) -> Result<(), String> {
-    if crate::aws::may_contact(local_emulator, ops_proto::tls::host_part(&h.address)) {
-        Ok(())
-    } else {
-        Err(crate::aws::NOT_CONTACTED.to_string())
-    }
 }

@@ -7,6 +7,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Utc, Weekday};
 use serde_json::json;
 
 use super::agents::{AuthSummary, HostAnswer};
+use super::config::Unreachable;
 use super::report::{Check, Status};
 use crate::aws::logs::ScanStats;
 use crate::aws::rds::DbSnapshot;
@@ -99,8 +100,39 @@ pub fn log_count_check(name: &str, group: &str, what: &str, window: &str, result
     }
 }
 
+/// Applies `[runbooks] unreachable` to a check that asked agents: when any host did not
+/// answer, the check fails (or at least warns, by policy), its summary counts the silent
+/// hosts, and each is named with its error in the details (added when the check did not
+/// already list it). Pure.
+pub fn with_unreachable_policy<T>(mut check: Check, answers: &[HostAnswer<T>], policy: Unreachable) -> Check {
+    let silent: Vec<(&str, &str)> = answers.iter().filter_map(|a| a.answer.as_ref().err().map(|e| (a.host.as_str(), e.as_str()))).collect();
+    if silent.is_empty() {
+        return check;
+    }
+    let floor = match policy {
+        Unreachable::Fail => Status::Fail,
+        Unreachable::Warn => Status::Warn,
+    };
+    check.status = check.status.max(floor);
+    for (host, why) in &silent {
+        if !check.details.iter().any(|d| d.starts_with(&format!("{host}: ")) && d.contains(why)) {
+            check.details.push(format!("{host}: agent unreachable: {why}"));
+        }
+    }
+    let names: Vec<&str> = silent.iter().map(|(h, _)| *h).collect();
+    if !check.summary.contains("unreachable") {
+        check.summary.push_str(&format!("; {} agent(s) unreachable", silent.len()));
+    }
+    const NAMED: usize = 10;
+    let shown = names.iter().take(NAMED).copied().collect::<Vec<_>>().join(", ");
+    let more = if names.len() > NAMED { format!(" and {} more", names.len() - NAMED) } else { String::new() };
+    check.summary.push_str(&format!(" ({shown}{more})"));
+    check
+}
+
 /// Failed logins per host from the agents: a host over `threshold` warns, a host that
-/// did not answer warns with the reason; no hosts is skipped.
+/// did not answer warns with the reason (raise it with `with_unreachable_policy`); no
+/// hosts is skipped.
 pub fn agent_auth_check(name: &str, answers: &[HostAnswer<AuthSummary>], threshold: u64) -> Check {
     if answers.is_empty() {
         return Check::skipped(name, "no hosts to ask");
@@ -223,6 +255,26 @@ mod tests {
         assert!(c.summary.contains("1 agent(s) unreachable"), "{}", c.summary);
         assert!(c.details[1].contains("web-2: agent unreachable: connection refused"));
         assert_eq!(agent_auth_check("a", &[], 5).status, Status::Skipped);
+    }
+
+    #[test]
+    fn a_silent_host_fails_the_check_by_default_and_is_named_with_its_error() {
+        let down = |h: &str| HostAnswer::<()> { host: h.into(), instance_id: None, answer: Err("timed out".into()) };
+        let up = HostAnswer::<()> { host: "web-1".into(), instance_id: None, answer: Ok(()) };
+        let c = with_unreachable_policy(Check::ok("ports", "1 of 2 agents answered"), &[up.clone(), down("web-2")], Unreachable::Fail);
+        assert_eq!(c.status, Status::Fail);
+        assert_eq!(c.summary, "1 of 2 agents answered; 1 agent(s) unreachable (web-2)");
+        assert_eq!(c.details, vec!["web-2: agent unreachable: timed out".to_string()]);
+        let w = with_unreachable_policy(Check::ok("ports", "x"), &[down("web-2")], Unreachable::Warn);
+        assert_eq!(w.status, Status::Warn);
+        let f = with_unreachable_policy(Check::fail("ports", "x"), &[down("web-2")], Unreachable::Warn);
+        assert_eq!(f.status, Status::Fail, "the policy never lowers a status");
+        let quiet = with_unreachable_policy(Check::ok("ports", "x"), std::slice::from_ref(&up), Unreachable::Fail);
+        assert_eq!(quiet.status, Status::Ok);
+        let many: Vec<_> = (0..12).map(|i| down(&format!("h{i}"))).collect();
+        let m = with_unreachable_policy(Check::ok("ports", "x"), &many, Unreachable::Fail);
+        assert!(m.summary.ends_with("(h0, h1, h2, h3, h4, h5, h6, h7, h8, h9 and 2 more)"), "{}", m.summary);
+        assert_eq!(m.details.len(), 12, "every silent host is in the details");
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! failed_login_threshold = 5
 //! ebs_snapshot_tags = { Purpose = "Automated" }
 //! # log_page_limit = 1000                 # events per FilterLogEvents page
+//! unreachable = "fail"                    # a silent agent fails its check ("warn": warns)
 //! ```
 //!
 //! Templates take `{public_ip}`, `{private_ip}`, `{instance_id}`, `{name}` and `{host}`
@@ -70,6 +71,18 @@ pub struct RunbooksConfig {
     pub ebs_snapshot_tags: BTreeMap<String, String>,
     /// Events per FilterLogEvents page; unset lets the service choose.
     pub log_page_limit: Option<i32>,
+    /// What a host that did not answer does to a check that asked it.
+    pub unreachable: Unreachable,
+}
+
+/// `[runbooks] unreachable`: a host that did not answer (or could not be dialled) fails
+/// the check that asked it (the default), or only warns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unreachable {
+    #[default]
+    Fail,
+    Warn,
 }
 
 impl Default for RunbooksConfig {
@@ -92,6 +105,7 @@ impl Default for RunbooksConfig {
             failed_login_threshold: 5,
             ebs_snapshot_tags: BTreeMap::from([("Purpose".to_string(), "Automated".to_string())]),
             log_page_limit: None,
+            unreachable: Unreachable::Fail,
         }
     }
 }

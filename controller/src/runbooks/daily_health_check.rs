@@ -8,7 +8,7 @@ use futures::stream::{self, StreamExt};
 use serde_json::json;
 
 use super::agents;
-use super::checks::{agent_auth_check, instance_label, log_count_check, newest_snapshot_check, next_weekday_morning, yesterday_evening};
+use super::checks::{agent_auth_check, with_unreachable_policy, instance_label, log_count_check, newest_snapshot_check, next_weekday_morning, yesterday_evening};
 use super::probe;
 use super::report::{Check, Report, Status};
 use super::Context;
@@ -69,7 +69,7 @@ pub async fn run(ctx: &Context) -> Report {
     let hosts = ctx.agent_hosts(instances.as_deref().unwrap_or_default());
     let (probes, auth) = tokio::join!(probe_all(ctx, &running), async {
         match &ctx.dialer {
-            Some(d) => Some(agents::auth_failures(d, &hosts, since, ctx.aws.local_emulator).await),
+            Some(d) => Some(agents::auth_failures(d, &hosts, since).await),
             None => None,
         }
     });
@@ -89,7 +89,7 @@ pub async fn run(ctx: &Context) -> Report {
     report.checks.push(log_count_check(LOGINS, &rb.auth_log_group, "failed logins", &window, &logins, rb.failed_login_threshold));
     report.checks.push(match (&auth, ctx.agents_unavailable(AGENT_LOGINS)) {
         (_, Some(skip)) => skip,
-        (Some(a), None) => agent_auth_check(AGENT_LOGINS, a, rb.failed_login_threshold),
+        (Some(a), None) => with_unreachable_policy(agent_auth_check(AGENT_LOGINS, a, rb.failed_login_threshold), a, rb.unreachable),
         (None, None) => Check::skipped(AGENT_LOGINS, "no agents asked"),
     });
 
@@ -118,10 +118,18 @@ async fn probe_all(ctx: &Context, running: &[Instance]) -> Vec<Probe> {
             .into_iter()
             .map(|h| (h.name.clone(), h.url.clone().ok_or_else(|| "no url in [[fleet.hosts]]".to_string())))
             .collect(),
-        crate::config::FleetSource::Ec2 => running
-            .iter()
-            .map(|i| (instance_label(i), aws_fleet::app_url(i, &ctx.runbooks, "")))
-            .collect(),
+        crate::config::FleetSource::Ec2 => {
+            // `{host}` is the address discovery resolved for the instance's agent.
+            let hosts = ctx.agent_hosts(running);
+            running
+                .iter()
+                .map(|i| {
+                    let host = hosts.iter().find(|h| h.instance_id.as_deref() == Some(i.id.as_str()));
+                    let agent_host = host.map(|h| ops_proto::tls::host_part(&h.address)).unwrap_or_default();
+                    (instance_label(i), aws_fleet::app_url(i, &ctx.runbooks, agent_host))
+                })
+                .collect()
+        }
     };
     stream::iter(targets)
         .map(|(instance, url)| async move {
@@ -215,10 +223,11 @@ pub fn databases_check(dbs: &[DbInstance], expected: &str) -> Check {
     Check::new(DATABASES, status, summary).details(details).data(json!(dbs))
 }
 
-/// Every running instance must answer its URL with 200. Pure.
+/// Every running instance must answer its URL with 200. No instance, or none probed
+/// (no URL, or not contacted), is skipped with the reason: nothing probed is not ok. Pure.
 pub fn connectivity_check(probes: &[Probe]) -> Check {
     if probes.is_empty() {
-        return Check::fail(CONNECTIVITY, "no running instances to probe");
+        return Check::skipped(CONNECTIVITY, "no running instances to probe");
     }
     let mut details = Vec::new();
     let (mut good, mut bad, mut no_url) = (0, 0, 0);
@@ -232,6 +241,10 @@ pub fn connectivity_check(probes: &[Probe]) -> Check {
                 bad += 1;
                 details.push(format!("{}  {u}  HTTP {code}", p.instance));
             }
+            (Ok(u), Some(Err(why))) if why.as_str() == crate::aws::NOT_CONTACTED => {
+                no_url += 1;
+                details.push(format!("{}  {u}  {why}", p.instance));
+            }
             (Ok(u), Some(Err(why))) => {
                 bad += 1;
                 details.push(format!("{}  {u}  {why}", p.instance));
@@ -243,7 +256,10 @@ pub fn connectivity_check(probes: &[Probe]) -> Check {
             }
         }
     }
-    let status = if bad > 0 || good == 0 {
+    if good == 0 && bad == 0 {
+        return Check::skipped(CONNECTIVITY, format!("none of {} instances could be probed", probes.len())).details(details);
+    }
+    let status = if bad > 0 {
         Status::Fail
     } else if no_url > 0 {
         Status::Warn
@@ -317,10 +333,10 @@ mod tests {
         assert_eq!(connectivity_check(&[p(Ok(200))]).status, Status::Ok);
         assert_eq!(connectivity_check(&[p(Ok(200)), p(Ok(500))]).status, Status::Fail);
         assert_eq!(connectivity_check(&[p(Err("connection refused".into()))]).status, Status::Fail);
-        assert_eq!(connectivity_check(&[]).status, Status::Fail);
+        assert_eq!(connectivity_check(&[]).status, Status::Skipped);
         let no_url = Probe { instance: "web".into(), url: Err("no public ip".into()), result: None };
         assert_eq!(connectivity_check(&[p(Ok(200)), no_url.clone()]).status, Status::Warn);
-        assert_eq!(connectivity_check(&[no_url]).status, Status::Fail);
+        assert_eq!(connectivity_check(&[no_url]).status, Status::Skipped, "nothing probed is not ok");
     }
 
     #[test]

@@ -63,19 +63,24 @@ impl Context {
         Ok(Context { aws, runbooks: cfg.runbooks.clone(), fleet: cfg.fleet.clone(), dialer, dialer_error, now: Utc::now() })
     }
 
-    /// The tagged instances in every state (the daily check shows stopped ones too).
+    /// The fleet's instances in every state but gone (the daily check shows stopped ones
+    /// too; terminated instances are no longer part of the fleet and are never counted).
     pub async fn tagged_instances(&self) -> Result<Vec<Instance>, AwsError> {
-        crate::aws::ec2::describe_instances(&self.aws.ec2, &self.fleet.tag_filters, &[]).await
+        const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+        crate::aws::ec2::describe_instances(&self.aws.ec2, &self.fleet.tag_filters, &LIVE_STATES).await
     }
 
     /// The agents to ask: the static inventory, or the running instances among
-    /// `instances` (EC2 source), addressed as `[fleet] address` says.
+    /// `instances` (EC2 source), addressed as `[fleet] address` says. This is the one
+    /// place the runbooks choose their agent targets: a host that cannot or must not be
+    /// dialled stays in the list with its reason (`Host::undialable`), so that every
+    /// check that asks agents names it.
     pub fn agent_hosts(&self, instances: &[Instance]) -> Vec<Host> {
         match self.fleet.source {
             FleetSource::Static => fleet::static_hosts(&self.fleet),
             FleetSource::Ec2 => {
                 let running: Vec<Instance> = instances.iter().filter(|i| i.state == "running").cloned().collect();
-                aws_fleet::hosts_from_instances(&running, &self.fleet, &self.runbooks).0
+                aws_fleet::hosts_from_instances(&running, &self.fleet, &self.runbooks, self.aws.local_emulator)
             }
         }
     }

@@ -200,7 +200,7 @@ pub async fn run(ctx: &Context, hours: u32) -> Report {
     let hosts = ctx.agent_hosts(&instances);
     let live_fut = async {
         match &ctx.dialer {
-            Some(d) => agents::live(d, &hosts, ctx.aws.local_emulator).await,
+            Some(d) => agents::live(d, &hosts).await,
             None => Vec::new(),
         }
     };
@@ -241,7 +241,7 @@ pub async fn run(ctx: &Context, hours: u32) -> Report {
     }
     report.checks.push(match ctx.agents_unavailable(AGENTS) {
         Some(skip) => skip,
-        None => agents_check(&live),
+        None => super::checks::with_unreachable_policy(agents_check(&live), &live, ctx.runbooks.unreachable),
     });
     report.action_items = report
         .checks

@@ -1,7 +1,8 @@
 //! The shared shape of every runbook's result: a list of checks, each `ok`, `warn`,
 //! `fail` or `skipped` with a summary and details, plus action items; rendered as text
 //! for people and JSON for programs, written to the report directory, and mapped to the
-//! exit code (0 nothing failed, 1 a check failed, 2 the runbook could not run).
+//! exit code (0 every check made and none failed, 1 a check failed or was skipped, 2 the
+//! runbook could not run).
 //! Rendering and writing only: the checks are decided by the runbooks.
 
 use std::fmt::Write as _;
@@ -90,6 +91,9 @@ impl Check {
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     Passed,
+    /// Nothing failed, but a check the runbook needs was skipped: it did not check all it
+    /// should have, so it does not pass.
+    Incomplete,
     Failed,
     CouldNotRun,
 }
@@ -99,7 +103,7 @@ impl Outcome {
     pub fn exit_code(self) -> i32 {
         match self {
             Outcome::Passed => 0,
-            Outcome::Failed => 1,
+            Outcome::Incomplete | Outcome::Failed => 1,
             Outcome::CouldNotRun => 2,
         }
     }
@@ -144,6 +148,8 @@ impl Report {
             Outcome::CouldNotRun
         } else if self.checks.iter().any(|c| c.status == Status::Fail) {
             Outcome::Failed
+        } else if self.checks.iter().any(|c| c.status == Status::Skipped) {
+            Outcome::Incomplete
         } else {
             Outcome::Passed
         }
@@ -165,6 +171,7 @@ impl Report {
         let _ = writeln!(out, "{} - {}", self.title, local.format("%Y-%m-%d %H:%M:%S %:z"));
         let outcome = match self.outcome() {
             Outcome::Passed => "PASSED",
+            Outcome::Incomplete => "INCOMPLETE",
             Outcome::Failed => "FAILED",
             Outcome::CouldNotRun => "COULD NOT RUN",
         };
@@ -242,7 +249,10 @@ mod tests {
 
     #[test]
     fn exit_code_is_0_without_failures_1_with_one_and_2_when_aws_could_not_be_asked() {
-        assert_eq!(report(vec![Check::ok("a", ""), Check::warn("b", ""), Check::skipped("c", "")]).outcome().exit_code(), 0);
+        assert_eq!(report(vec![Check::ok("a", ""), Check::warn("b", "")]).outcome().exit_code(), 0);
+        let skipped = report(vec![Check::ok("a", ""), Check::skipped("c", "no hosts to ask")]);
+        assert_eq!((skipped.outcome(), skipped.outcome().exit_code()), (Outcome::Incomplete, 1));
+        assert!(skipped.render_text().contains("Result: INCOMPLETE (0 failed, 0 warnings, 1 ok, 1 skipped)"), "{}", skipped.render_text());
         assert_eq!(report(vec![Check::ok("a", ""), Check::fail("b", "")]).outcome().exit_code(), 1);
         let unreachable = AwsError { service: "EC2", call: "DescribeInstances", cause: AwsCause::Unreachable("refused".into()) };
         assert_eq!(report(vec![Check::aws_error("a", &unreachable)]).outcome().exit_code(), 2);

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::agents::{self, HostAnswer, Live};
 use super::backup_verify::MIN_RETENTION_DAYS;
-use super::checks::{agent_auth_check, instance_label, log_count_check};
+use super::checks::{agent_auth_check, instance_label, log_count_check, with_unreachable_policy};
 use super::config::{expand, TemplateVars};
 use super::probe::{self, CertInfo};
 use super::report::{Check, Report, Status};
@@ -75,8 +75,8 @@ pub async fn run(ctx: &Context) -> Report {
     let agents_fut = async {
         match &ctx.dialer {
             Some(d) => Some(tokio::join!(
-                agents::auth_failures(d, &hosts, since, ctx.aws.local_emulator),
-                agents::live(d, &hosts, ctx.aws.local_emulator)
+                agents::auth_failures(d, &hosts, since),
+                agents::live(d, &hosts)
             )),
             None => None,
         }
@@ -100,8 +100,8 @@ pub async fn run(ctx: &Context) -> Report {
             c.push(Check::skipped(PORTS, ctx.dialer_error.clone().unwrap_or_default()));
         }
         (None, Some((auth, live))) => {
-            c.push(agent_auth_check(AGENT_LOGINS, auth, rb.failed_login_threshold));
-            c.push(ports_check(live));
+            c.push(with_unreachable_policy(agent_auth_check(AGENT_LOGINS, auth, rb.failed_login_threshold), auth, rb.unreachable));
+            c.push(with_unreachable_policy(ports_check(live), live, rb.unreachable));
         }
         (None, None) => {}
     }

@@ -54,6 +54,7 @@ pub async fn spawn_in_process(pki: &TestPki, extra_top: &str, extra_sections: &s
 /// A host entry for an agent at `addr` whose certificate names `localhost`.
 pub fn host(name: &str, addr: SocketAddr) -> Host {
     Host {
+        undialable: None,
         name: name.to_string(),
         address: addr.to_string(),
         server_name: "localhost".into(),
