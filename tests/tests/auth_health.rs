@@ -68,7 +68,17 @@ async fn auth_failures_are_counted_and_a_second_call_reads_only_new_lines() {
 async fn a_missing_auth_log_is_a_clear_error_not_a_crash() {
     tokio::time::timeout(T, async {
         let pki = TestPki::new();
-        let agent = spawn_in_process(&pki, "", "[auth_log]\npaths = [\"/nonexistent/secure\", \"/nonexistent/auth.log\"]\n").await;
+        // The journal fallback points at an empty folder: no file and no journal either.
+        let empty = tempfile::tempdir().unwrap();
+        let agent = spawn_in_process(
+            &pki,
+            "",
+            &format!(
+                "[auth_log]\npaths = [\"/nonexistent/secure\", \"/nonexistent/auth.log\"]\njournal_directory = \"{}\"\n",
+                empty.path().display()
+            ),
+        )
+        .await;
         let mut client = operator_client(&pki, agent.local_addr()).await;
         let err = client
             .get_auth_failures(AuthFailuresRequest { since_unix_ms: 0, top_n: 5, rescan: false })
@@ -76,6 +86,8 @@ async fn a_missing_auth_log_is_a_clear_error_not_a_crash() {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
         assert!(err.message().contains("/nonexistent/secure"), "{}", err.message());
+        // The journal fallback must not turn "nothing to read" into "no failed logins".
+        assert!(err.message().contains("no systemd journal files"), "{}", err.message());
         agent.shutdown().await.unwrap();
     })
     .await

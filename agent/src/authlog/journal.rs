@@ -149,6 +149,16 @@ impl Journal {
     /// no cursor is stored) and counts the retained events at or after `since_unix_ms`.
     /// After a restart the stored cursor is honoured: history before it is not read again,
     /// and answers whose window reaches before it say `lower_bound`.
+    /// Where this reader's journal files are: journald's folders (persistent, then
+    /// volatile) for the host's journal, else the configured folder or file.
+    pub fn journal_locations(&self) -> Vec<PathBuf> {
+        match &self.settings.source {
+            JournalSource::System => vec![PathBuf::from("/var/log/journal"), PathBuf::from("/run/log/journal")],
+            JournalSource::Directory(d) => vec![d.clone()],
+            JournalSource::File(f) => vec![f.clone()],
+        }
+    }
+
     pub async fn query(
         &mut self,
         since_unix_ms: i64,

@@ -56,6 +56,13 @@ pub enum AuthLogError {
     Matcher(#[from] aho_corasick::BuildError),
     #[error("no configured auth log file exists, so the journal was read: {0}")]
     Journal(#[from] journal::JournalError),
+    #[error(
+        "no auth log found (tried {}) and no systemd journal files in {}: nothing to count failed logins from; \
+         set the agent's auth log paths, or [auth_log] journal_directory",
+        display_paths(tried),
+        display_paths(journal_dirs)
+    )]
+    NoSource { tried: Vec<PathBuf>, journal_dirs: Vec<PathBuf> },
     #[error("auth log task failed: {0}")]
     Task(String),
 }
@@ -158,6 +165,11 @@ impl AuthLog {
     pub fn with_required_owner(mut self, uid: u32) -> AuthLog {
         self.required_owner = uid;
         self
+    }
+
+    /// The configured paths, in the order they are tried.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.candidates
     }
 
     /// Whether any configured path exists, so that this reader, not the journal, answers.

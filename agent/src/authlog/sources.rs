@@ -84,8 +84,27 @@ impl AuthSources {
             .map_err(|e| AuthLogError::Task(e.to_string()))?;
         };
         let mut journal = journal.lock().await;
+        let dirs = journal.journal_locations();
+        if !dirs.iter().any(|d| has_journal_files(d)) {
+            // journalctl says nothing and exits 0 when there is no journal at all: that is
+            // not "no failed logins", it is nothing checked.
+            let tried = self.files.lock().map_err(|_| poisoned())?.paths().to_vec();
+            return Err(AuthLogError::NoSource { tried, journal_dirs: dirs });
+        }
         Ok(journal.query(since_unix_ms, top_n, rescan).await?)
     }
+}
+
+/// True when `loc` is a journal file, or a folder holding one (one machine-id level down).
+fn has_journal_files(loc: &Path) -> bool {
+    let is_journal = |p: &Path| p.extension().is_some_and(|e| e == "journal" || e == "journal~");
+    if is_journal(loc) {
+        return loc.is_file();
+    }
+    std::fs::read_dir(loc).into_iter().flatten().flatten().any(|e| {
+        let p = e.path();
+        is_journal(&p) || std::fs::read_dir(&p).into_iter().flatten().flatten().any(|f| is_journal(&f.path()))
+    })
 }
 
 fn poisoned() -> AuthLogError {
