@@ -121,7 +121,8 @@ async fn a_broken_stack_fails_and_each_problem_is_named_with_its_action_item() {
         assert_eq!(logins.status, Status::Warn);
         assert!(logins.summary.starts_with("8 failed logins"), "{}", logins.summary);
         let agents = check(daily::AGENT_LOGINS);
-        assert_eq!(agents.status, Status::Warn);
+        // A host whose agent did not answer fails the check ([runbooks] unreachable = "fail").
+        assert_eq!(agents.status, Status::Fail);
         assert!(agents.summary.contains("1 agent(s) unreachable"), "{}", agents.summary);
         assert!(agents.details.iter().any(|d| d.starts_with("web-2: agent unreachable: ") && d.contains("refused")), "{:?}", agents.details);
         assert_eq!(check(daily::BACKUP).status, Status::Ok);
@@ -129,7 +130,7 @@ async fn a_broken_stack_fails_and_each_problem_is_named_with_its_action_item() {
         assert!(report.action_items.iter().any(|a| a.starts_with("Review the active alarms")), "{:?}", report.action_items);
         assert!(report.action_items.iter().any(|a| a == "Investigate the 120 error events in the application log"), "{:?}", report.action_items);
         assert!(report.action_items.iter().any(|a| a.starts_with("Follow up on the 8 failed login attempts")), "{:?}", report.action_items);
-        assert!(text.contains("Result: FAILED (3 failed, 3 warnings"), "{text}");
+        assert!(text.contains("Result: FAILED (4 failed, 2 warnings"), "{text}");
         agent.shutdown().await.unwrap();
     })
     .await
