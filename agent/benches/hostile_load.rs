@@ -12,7 +12,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ops_proto::identity::Role;
@@ -132,7 +131,7 @@ fn main() {
 
         // The hostile clients: streams opened and held, never polled, so nothing is read
         // and the HTTP/2 windows fill up on the agent's side.
-        let mut held = Vec::new();
+        let (mut held, mut watches) = (Vec::new(), Vec::new());
         let mut clients = Vec::new();
         for c in 0..(2 * STREAMS).div_ceil(STREAMS_PER_CONNECTION) {
             let mut client = connect(dir.path(), &addr).await;
@@ -143,7 +142,7 @@ fn main() {
                     held.push(client.stream_snapshots(req).await.unwrap().into_inner());
                 } else if n < 2 * STREAMS {
                     let req = WatchJobRequest { job_id: job.id.clone(), from_offset: 0 };
-                    held.push(client.watch_job(req).await.unwrap().into_inner());
+                    watches.push(client.watch_job(req).await.unwrap().into_inner());
                 }
             }
             clients.push(client);
@@ -166,6 +165,7 @@ fn main() {
         }
         samples.push((start.elapsed().as_secs(), rss(pid)));
         drop(held);
+        drop(watches);
         drop(clients);
         tokio::time::sleep(Duration::from_secs(10)).await;
         let after = rss(pid);
