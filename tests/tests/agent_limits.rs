@@ -10,7 +10,7 @@ use std::time::Duration;
 use e2e::support::agent::{config_text, dialer, host, operator_client, spawn_in_process, write_config, AgentProcess};
 use e2e::support::binary;
 use e2e::support::certs::TestPki;
-use ops_proto::v1::{AgentStatsRequest, StreamSnapshotsRequest};
+use ops_proto::v1::{AgentStatsRequest, HostInfoRequest, StreamSnapshotsRequest};
 
 const IDLE_CONNECTIONS: usize = 1000;
 
@@ -107,6 +107,95 @@ async fn snapshot_streams_over_the_limit_are_refused_naming_the_limit_and_counte
         let _c = client.stream_snapshots(req()).await.unwrap().into_inner();
         drop(b);
         agent.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+/// Snapshot streams the never-reading viewer holds: the default limit, so all are granted.
+const HELD_STREAMS: usize = 32;
+/// Connections they are spread over (each below max_concurrent_streams_per_connection).
+const HELD_CONNECTIONS: usize = 4;
+/// How far the agent's RSS (debug build) may grow over its baseline while the streams are
+/// held. Buffers alone (4 snapshots per producer, 64 KiB stream / 256 KiB connection
+/// windows) account for about 3 MiB; measured growth is about +24 MiB, reached within 5 s
+/// and then flat, not yet explained (allocator arenas of the producing threads is the
+/// suspect). The bound is set above that and the plateau is checked separately.
+const RSS_GROWTH_BOUND: u64 = 32 * 1024 * 1024;
+/// Growth allowed over the last half of the hold: a leak or an unbounded buffer keeps
+/// growing while the streams stay unread; bounded buffers have filled by then.
+const RSS_LATE_GROWTH_BOUND: u64 = 4 * 1024 * 1024;
+
+#[tokio::test]
+#[ignore = "fails today: the agent's RSS steps from ~18 MiB to 37-46 MiB within 10 s of 32 unread snapshot \
+            streams (samples_dropped stays 0); see docs/agent-limits.md, Never-reading clients"]
+async fn a_viewer_holding_every_snapshot_stream_unread_keeps_agent_memory_bounded_and_pings_answered() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let pki = TestPki::new();
+        let text = config_text(&pki, &pki.agent, "127.0.0.1:0", "", "");
+        let agent = AgentProcess::start(&write_config(&pki, "agent-unread", &text));
+        let viewer_dialer = dialer(pki.client_config(&pki.viewer));
+        let mut ping = viewer_dialer.connect(&host("ping", agent.addr)).await.unwrap();
+        ping.get_agent_stats(AgentStatsRequest {}).await.unwrap();
+        let baseline = agent.rss_bytes();
+        assert!(baseline > 0, "could not read the agent's RSS from /proc");
+
+        // Opened and held, never polled: nothing is read, so what the agent produces piles
+        // up in its bounded buffers and the HTTP/2 windows.
+        let mut held = Vec::new();
+        let mut conns = Vec::new();
+        for c in 0..HELD_CONNECTIONS {
+            let mut client = viewer_dialer.connect(&host(&format!("hostile-{c}"), agent.addr)).await.unwrap();
+            for _ in 0..HELD_STREAMS / HELD_CONNECTIONS {
+                let req = StreamSnapshotsRequest { interval_ms: 100, top_n: 200, max_count: 0 };
+                held.push(client.stream_snapshots(req).await.unwrap().into_inner());
+            }
+            conns.push(client);
+        }
+        let open = ping.get_agent_stats(AgentStatsRequest {}).await.unwrap().into_inner();
+        assert_eq!(open.snapshot_streams_open, HELD_STREAMS as u64, "{open:?}");
+
+        let start = std::time::Instant::now();
+        let mut peak = baseline;
+        let mut slowest = Duration::ZERO;
+        let mut samples = Vec::new();
+        while start.elapsed() < Duration::from_secs(10) {
+            let t = std::time::Instant::now();
+            let answer = tokio::time::timeout(Duration::from_secs(2), ping.get_host_info(HostInfoRequest {})).await;
+            let took = t.elapsed();
+            answer
+                .unwrap_or_else(|_| panic!("GetHostInfo did not answer within 2 s under {HELD_STREAMS} unread streams"))
+                .unwrap();
+            slowest = slowest.max(took);
+            let now = agent.rss_bytes();
+            samples.push(now / 1024);
+            peak = peak.max(now);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let stats = ping.get_agent_stats(AgentStatsRequest {}).await.unwrap().into_inner();
+        eprintln!(
+            "agent RSS baseline {} KiB, peak {} KiB over 10 s of {HELD_STREAMS} unread streams; slowest ping {slowest:?}; \
+             samples dropped {}",
+            baseline / 1024,
+            peak / 1024,
+            stats.samples_dropped
+        );
+        assert!(
+            peak <= baseline + RSS_GROWTH_BOUND,
+            "agent RSS grew from {} KiB to {} KiB (bound: +{} KiB); samples every 0.5 s (KiB): {samples:?}",
+            baseline / 1024,
+            peak / 1024,
+            RSS_GROWTH_BOUND / 1024
+        );
+        let mid = samples[samples.len() / 2] * 1024;
+        assert!(
+            peak <= mid + RSS_LATE_GROWTH_BOUND,
+            "agent RSS still growing in the second half: {} KiB at the middle, peak {} KiB; samples (KiB): {samples:?}",
+            mid / 1024,
+            peak / 1024
+        );
+        drop(held);
+        drop(conns);
     })
     .await
     .unwrap();
