@@ -31,6 +31,8 @@ pub struct AuthSummary {
     pub failed_password: u64,
     pub invalid_user: u64,
     pub failed_publickey: u64,
+    /// sudo, su and login failures (no remote source).
+    pub failed_local: u64,
     pub top_users: Vec<(String, u64)>,
     pub top_sources: Vec<(String, u64)>,
     /// The agent no longer holds events from the start of the window: counts are a floor.
@@ -69,9 +71,12 @@ pub async fn auth_failures(dialer: &Dialer, hosts: &[Host], since: DateTime<Utc>
             failed_password: a.failed_password,
             invalid_user: a.invalid_user,
             failed_publickey: a.failed_publickey,
+            failed_local: a.failed_local,
             top_users: a.top_users.into_iter().map(|n| (n.name, n.count)).collect(),
             top_sources: a.top_sources.into_iter().map(|n| (n.name, n.count)).collect(),
-            incomplete: a.oldest_event_unix_ms > since_ms,
+            // The agent says so itself when it evicted events of the window (`lower_bound`);
+            // an older agent only shows it by holding nothing that old.
+            incomplete: a.lower_bound || a.oldest_event_unix_ms > since_ms,
         })
     })
     .await

@@ -139,25 +139,29 @@ pub fn agent_auth_check(name: &str, answers: &[HostAnswer<AuthSummary>], thresho
     }
     let mut details = Vec::new();
     let (mut total, mut over, mut silent) = (0u64, 0usize, 0usize);
+    let mut lower_bound = false;
     for a in answers {
         match &a.answer {
             Ok(s) => {
                 total += s.total;
+                lower_bound |= s.incomplete;
                 if s.total > threshold {
                     over += 1;
                 }
                 let users: Vec<String> = s.top_users.iter().map(|(u, n)| format!("{u} {n}")).collect();
                 let sources: Vec<String> = s.top_sources.iter().map(|(u, n)| format!("{u} {n}")).collect();
                 details.push(format!(
-                    "{}: {} failed (password {}, invalid user {}, public key {}){}{}{}",
+                    "{}: {}{} failed (password {}, invalid user {}, public key {}, local {}){}{}{}",
                     a.host,
+                    if s.incomplete { "at least " } else { "" },
                     s.total,
                     s.failed_password,
                     s.invalid_user,
                     s.failed_publickey,
+                    s.failed_local,
                     if users.is_empty() { String::new() } else { format!("; users: {}", users.join(", ")) },
                     if sources.is_empty() { String::new() } else { format!("; sources: {}", sources.join(", ")) },
-                    if s.incomplete { " (the agent's memory does not reach back that far: at least this many)" } else { "" },
+                    if s.incomplete { " (the agent dropped or never read some of the window's events)" } else { "" },
                 ));
             }
             Err(why) => {
@@ -167,7 +171,8 @@ pub fn agent_auth_check(name: &str, answers: &[HostAnswer<AuthSummary>], thresho
         }
     }
     let answered = answers.len() - silent;
-    let mut summary = format!("{total} failed logins on {answered} of {} hosts", answers.len());
+    let floor = if lower_bound { "at least " } else { "" };
+    let mut summary = format!("{floor}{total} failed logins on {answered} of {} hosts", answers.len());
     if silent > 0 {
         summary.push_str(&format!("; {silent} agent(s) unreachable"));
     }
@@ -243,7 +248,7 @@ mod tests {
         let ok = |n| HostAnswer {
             host: "web-1".into(),
             instance_id: None,
-            answer: Ok(AuthSummary { total: n, failed_password: n, invalid_user: 0, failed_publickey: 0, top_users: vec![("root".into(), n)], top_sources: vec![], incomplete: false }),
+            answer: Ok(AuthSummary { total: n, failed_password: n, invalid_user: 0, failed_publickey: 0, failed_local: 0, top_users: vec![("root".into(), n)], top_sources: vec![], incomplete: false }),
         };
         assert_eq!(agent_auth_check("a", &[ok(5)], 5).status, Status::Ok);
         let c = agent_auth_check("a", &[ok(6)], 5);
@@ -275,6 +280,18 @@ mod tests {
         let m = with_unreachable_policy(Check::ok("ports", "x"), &many, Unreachable::Fail);
         assert!(m.summary.ends_with("(h0, h1, h2, h3, h4, h5, h6, h7, h8, h9 and 2 more)"), "{}", m.summary);
         assert_eq!(m.details.len(), 12, "every silent host is in the details");
+    }
+
+    #[test]
+    fn counts_of_an_agent_that_evicted_events_read_as_a_lower_bound() {
+        let evicted = HostAnswer {
+            host: "web-1".into(),
+            instance_id: None,
+            answer: Ok(AuthSummary { total: 100_000, failed_password: 100_000, invalid_user: 0, failed_publickey: 0, failed_local: 0, top_users: vec![], top_sources: vec![], incomplete: true }),
+        };
+        let c = agent_auth_check("a", &[evicted], 5);
+        assert!(c.summary.starts_with("at least 100000 failed logins"), "{}", c.summary);
+        assert!(c.details[0].starts_with("web-1: at least 100000 failed"), "{:?}", c.details);
     }
 
     #[test]
