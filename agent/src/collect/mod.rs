@@ -259,7 +259,7 @@ mod tests {
         let prev = sample().unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let cur = sample().unwrap();
-        let snap = build_snapshot(&prev, &cur, 5).unwrap();
+        let snap = build_snapshot(&prev, &cur, 50).unwrap();
 
         // The machine may be busy with other work (other tests, builds): the busy child must
         // be among the top processes with a busy figure, whatever else competes for the CPU.
@@ -277,7 +277,7 @@ mod tests {
         );
         assert!(snap.cpu_percent > 0.0 && snap.cpu_percent <= 100.0);
         assert!(snap.process_count > 1);
-        assert_eq!(snap.top_by_memory.len(), 5);
+        assert_eq!(snap.top_by_memory.len(), 50);
         let rss: Vec<u64> = snap.top_by_memory.iter().map(|p| p.rss_bytes).collect();
         assert!(rss.windows(2).all(|w| w[0] >= w[1]), "not sorted: {rss:?}");
     }
