@@ -33,9 +33,15 @@ impl MariaDb {
         let server = find(&["mariadbd", "mysqld"]).expect("mariadbd not found: run scripts/setup");
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
+        // A private tmpdir: with the default /tmp, the bootstrap's temporary tables sit in a
+        // folder that other tests (cleanup jobs, tempdir removal) may empty under it, and
+        // `mariadb-install-db` then aborts with "Could not remove temporary table".
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("mariadb tmpdir");
         let out = Command::new(&install)
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg("--user=root")
             .arg("--auth-root-authentication-method=normal")
             .arg("--skip-test-db")
@@ -48,6 +54,7 @@ impl MariaDb {
         let child = Command::new(&server)
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--socket={}", dir.path().join("mysqld.sock").display()))
             .arg(format!("--pid-file={}", dir.path().join("mysqld.pid").display()))
             .arg(format!("--port={port}"))
