@@ -44,7 +44,7 @@ async fn fresh_backups_kept_a_week_pass() {
         assert!(ebs.details.iter().all(|d| d.contains("  completed  ") && d.contains("  8 GiB  ")), "{:?}", ebs.details);
         let age = report.check(backup::EBS_AGE).unwrap();
         assert_eq!(age.summary, "0 of 1 fleet volumes without an automated snapshot in the last 1day 2h");
-        assert!(age.details[0].starts_with(&format!("ok  {} (web-1)  newest snap-", vols[0])), "{:?}", age.details);
+        assert!(age.details[0].starts_with(&format!("ok  {} (web-1 ({web}))  newest snap-", vols[0])), "{:?}", age.details);
         let sizes = report.check(backup::SIZES).unwrap();
         assert_eq!(sizes.summary, "1 snapshots, 20 GiB to 20 GiB (under a day apart: no trend yet)");
         assert_eq!(report.runbook, "backup-verify");

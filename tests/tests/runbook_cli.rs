@@ -35,6 +35,16 @@ fn controller(env: &[(&str, String)], config: &Path, args: &[&str]) -> (i32, Str
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// A world whose backups are all in order: a database kept a week, and a fleet instance
+/// whose volume has a fresh automated snapshot.
+async fn backup_world(aws: &controller::aws::AwsClients) {
+    seed::database(aws, "techhealth-database", 7, true, false).await;
+    let web = seed::instance(aws, &[("Project", "TechHealth"), ("Name", "web-1")], true).await;
+    for vol in seed::volumes_of(aws, &web).await {
+        seed::snapshot_of(aws, &vol, &[("Purpose", "Automated")]).await;
+    }
+}
+
 fn day() -> String {
     chrono::Local::now().format("%Y%m%d").to_string()
 }
@@ -68,8 +78,7 @@ async fn daily_health_check_writes_both_reports_and_exits_1_when_a_check_fails()
 async fn backup_verify_prints_json_and_exits_0_when_all_is_well() {
     let moto = Moto::start();
     let aws = moto.clients().await;
-    seed::database(&aws, "techhealth-database", 7, true, false).await;
-    seed::ebs_snapshot(&aws, &[("Purpose", "Automated")], true).await;
+    backup_world(&aws).await;
     let pki = TestPki::new();
     let cfg = config(&pki, &format!("[aws]\nregion = \"{REGION}\"\nendpoint_url = \"{}\"\n", moto.endpoint()));
     let env: Vec<(&str, String)> = moto.env().into_iter().filter(|(k, _)| *k != "AWS_ENDPOINT_URL" && *k != "AWS_REGION").collect();
@@ -77,7 +86,7 @@ async fn backup_verify_prints_json_and_exits_0_when_all_is_well() {
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(v["outcome"], "passed");
-    assert_eq!(v["checks"].as_array().unwrap().len(), 4);
+    assert_eq!(v["checks"].as_array().unwrap().len(), 5);
     assert!(pki.path().join(format!("backup-report-{}.json", day())).is_file());
 }
 
@@ -110,7 +119,7 @@ async fn missing_credentials_exit_2_and_say_what_to_set() {
     ];
     let (code, out, err) = controller(&env, &cfg, &["security-review", "--report-dir", pki.path().to_str().unwrap()]);
     assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
-    assert!(out.contains("IAM ListUsers: no AWS credentials found"), "{out}");
+    assert!(out.contains("IAM GenerateCredentialReport: no AWS credentials found"), "{out}");
     assert!(out.contains("set AWS_PROFILE or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"), "{out}");
 }
 
@@ -127,8 +136,7 @@ fn an_invalid_config_exits_2_naming_the_key() {
 async fn an_unwritable_report_folder_loses_nothing_the_results_come_first_then_the_error_and_exit_2() {
     let moto = Moto::start();
     let aws = moto.clients().await;
-    seed::database(&aws, "techhealth-database", 7, true, false).await;
-    seed::ebs_snapshot(&aws, &[("Purpose", "Automated")], true).await;
+    backup_world(&aws).await;
     let pki = TestPki::new();
     let cfg = config(&pki, "");
     // A folder below a regular file cannot be made, even by root.
@@ -145,8 +153,7 @@ async fn an_unwritable_report_folder_loses_nothing_the_results_come_first_then_t
 async fn reports_go_to_the_state_folder_by_default_and_the_path_is_printed() {
     let moto = Moto::start();
     let aws = moto.clients().await;
-    seed::database(&aws, "techhealth-database", 7, true, false).await;
-    seed::ebs_snapshot(&aws, &[("Purpose", "Automated")], true).await;
+    backup_world(&aws).await;
     let pki = TestPki::new();
     let cfg = config(&pki, "");
     let state = pki.path().join("state");

@@ -40,6 +40,7 @@ async fn a_hardened_stack_passes_the_security_review() {
         seed::instance(&aws, &[("Project", "TechHealth"), ("Name", "web-1"), ("Agent", &agent_addr), ("TlsEndpoint", &tls_addr)], true).await;
         seed::open_group(&aws, "techhealth-web", 443, "0.0.0.0/0").await;
         seed::database(&aws, "techhealth-database", 7, true, false).await;
+        seed::trail(&moto.endpoint(), "TechHealthAuditTrail", true, true, true);
         let now = Utc::now();
         seed::log_events(&aws, TRAIL, "trail", &[
             (now - chrono::Duration::hours(2), seed::trail_record("DescribeInstances", None, "ops")),
@@ -52,7 +53,7 @@ async fn a_hardened_stack_passes_the_security_review() {
         let report = runbooks::run(Which::SecurityReview, &ctx).await;
         let text = report.render_text();
         assert_eq!(report.outcome(), Outcome::Passed, "{text}");
-        for name in [sec::IAM_USERS, sec::SECURITY_GROUPS, sec::LOGINS, sec::AGENT_LOGINS, sec::CLOUDTRAIL, sec::TLS, sec::C_RDS_ENCRYPTED, sec::C_RDS_PRIVATE, sec::C_RDS_RETENTION, sec::C_EBS_ENCRYPTED, sec::C_TRAIL_GROUP] {
+        for name in [sec::IAM_USERS, sec::SECURITY_GROUPS, sec::LOGINS, sec::AGENT_LOGINS, sec::CLOUDTRAIL, sec::TLS, sec::C_RDS_ENCRYPTED, sec::C_RDS_PRIVATE, sec::C_RDS_RETENTION, sec::C_EBS_ENCRYPTED, sec::C_TRAIL_GROUP, sec::C_TRAIL] {
             let c = report.check(name).unwrap_or_else(|| panic!("no check {name}\n{text}"));
             assert_eq!(c.status, Status::Ok, "{name}: {}\n{text}", c.summary);
         }
