@@ -141,6 +141,7 @@ mod tests {
             launch_time: None,
             tags: t,
             volume_ids: vec![],
+            security_group_ids: vec![],
         }
     }
 

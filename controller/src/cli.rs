@@ -25,14 +25,63 @@ use crate::runbooks::{self, Which};
     after_help = "Exit codes: 0 all good; 1 a check failed, a job did not succeed or a host did not answer; 2 the command could not run (configuration, AWS unreachable, unknown host)."
 )]
 pub struct Cli {
-    /// Controller configuration file (TOML).
-    #[arg(long, global = true, env = "OPS_CONTROLLER_CONFIG", default_value = "controller.toml")]
-    pub config: PathBuf,
+    /// Controller configuration file (TOML). Without it: ./controller.toml,
+    /// $XDG_CONFIG_HOME/ops/controller.toml, /etc/ops/controller.toml, the first that exists.
+    #[arg(long, global = true, env = "OPS_CONTROLLER_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Output format.
-    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// AWS named profile (flag, then AWS_PROFILE, then [aws] profile).
+    #[arg(long, global = true, env = "AWS_PROFILE")]
+    pub profile: Option<String>,
+    /// AWS region (flag, then AWS_REGION, then [aws] region).
+    #[arg(long, global = true, env = "AWS_REGION")]
+    pub region: Option<String>,
+    /// AWS endpoint URL, e.g. a local emulator (flag, then AWS_ENDPOINT_URL, then [aws] endpoint_url).
+    #[arg(long, global = true, env = "AWS_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Where the config comes from and the AWS flags to lay over it.
+    pub fn config_source(&self) -> ConfigSource {
+        ConfigSource { config: self.config.clone(), profile: self.profile.clone(), region: self.region.clone(), endpoint_url: self.endpoint_url.clone() }
+    }
+
+    pub fn load_config(&self) -> Result<ControllerConfig, crate::config::ConfigError> {
+        self.config_source().load()
+    }
+}
+
+/// The global flags that decide the configuration.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    config: Option<PathBuf>,
+    profile: Option<String>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+}
+
+impl ConfigSource {
+    /// Finds, loads and validates the config file, then lays the global AWS flags (or
+    /// their environment variables) over its `[aws]` section: the aws CLI's precedence.
+    pub fn load(&self) -> Result<ControllerConfig, crate::config::ConfigError> {
+        let path = crate::config::locate(self.config.as_deref())?;
+        let mut cfg = ControllerConfig::load(&path)?;
+        if let Some(p) = &self.profile {
+            cfg.aws.profile = Some(p.clone());
+        }
+        if let Some(r) = &self.region {
+            cfg.aws.region = Some(r.clone());
+        }
+        if let Some(e) = &self.endpoint_url {
+            cfg.aws.endpoint_url = Some(e.clone());
+        }
+        Ok(cfg)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +133,11 @@ pub enum Command {
     /// Installing agents on hosts.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Print a shell completion script: `controller completions bash > /etc/bash_completion.d/controller`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Every agent's live figures in one refreshing table, busiest host first, with the
     /// hosts that stopped answering (exit 1 if any host was not answering at the end).
     Top {
@@ -121,12 +175,17 @@ pub enum AgentCommand {
     },
 }
 
-/// Where a runbook writes its text and JSON reports.
+/// Where a runbook writes its text and JSON reports, and how long it may take.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReportArgs {
-    /// Folder for the report files (created if missing).
-    #[arg(long, default_value = ".")]
-    pub report_dir: PathBuf,
+    /// Folder for the report files (created if missing); default
+    /// $XDG_STATE_HOME/ops/reports (~/.local/state/ops/reports).
+    #[arg(long)]
+    pub report_dir: Option<PathBuf>,
+    /// The whole run's deadline, e.g. 2m (default: [runbooks] deadline, 120s). What has not
+    /// answered by then is named and fails its check.
+    #[arg(long, value_parser = parse_duration)]
+    pub deadline: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,10 +286,16 @@ pub type ExitCode = i32;
 /// Runs a parsed command. Errors (exit 2) are returned for the caller to print.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let output = cli.output;
+    let source = cli.config_source();
     match cli.command {
         Command::Pki(cmd) => run_pki(cmd),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "controller", &mut std::io::stdout());
+            Ok(0)
+        }
         Command::Fleet(FleetCommand::Ping { stats }) => {
-            let cfg = ControllerConfig::load(&cli.config)?;
+            let cfg = source.load()?;
             let hosts = fleet::discover(&cfg).await?;
             let dialer = Dialer::from_config(&cfg)?;
             let rows = ping::ping(&dialer, &hosts, stats).await;
@@ -242,7 +307,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if rows.iter().all(|r| r.reachable) { 0 } else { 1 })
         }
         Command::Fleet(FleetCommand::List) => {
-            let cfg = ControllerConfig::load(&cli.config)?;
+            let cfg = source.load()?;
             let hosts = fleet::discover(&cfg).await?;
             match output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&hosts)?),
@@ -260,15 +325,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(0)
         }
-        Command::DailyHealthCheck(r) => Ok(runbooks::cli(Which::DailyHealthCheck, &cli.config, output, &r.report_dir).await?),
+        Command::DailyHealthCheck(r) => Ok(runbooks::cli(Which::DailyHealthCheck, &source.load()?, output, &r).await?),
         Command::PerformanceMonitoring { hours, report } => {
-            Ok(runbooks::cli(Which::PerformanceMonitoring { hours }, &cli.config, output, &report.report_dir).await?)
+            Ok(runbooks::cli(Which::PerformanceMonitoring { hours }, &source.load()?, output, &report).await?)
         }
-        Command::Backup(BackupCommand::Verify(r)) => Ok(runbooks::cli(Which::BackupVerify, &cli.config, output, &r.report_dir).await?),
-        Command::SecurityReview(r) => Ok(runbooks::cli(Which::SecurityReview, &cli.config, output, &r.report_dir).await?),
-        Command::Job(cmd) => run_job(cmd, &cli.config, output).await,
+        Command::Backup(BackupCommand::Verify(r)) => Ok(runbooks::cli(Which::BackupVerify, &source.load()?, output, &r).await?),
+        Command::SecurityReview(r) => Ok(runbooks::cli(Which::SecurityReview, &source.load()?, output, &r).await?),
+        Command::Job(cmd) => run_job(cmd, &source.load()?, output).await,
         Command::Top { interval, count } => {
-            let cfg = ControllerConfig::load(&cli.config)?;
+            let cfg = source.load()?;
             let hosts = fleet::discover(&cfg).await?;
             let dialer = Dialer::from_config(&cfg)?;
             let refresh = count.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) && output == OutputFormat::Table;
@@ -283,7 +348,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(AgentCommand::UserData { agent_url, agent_sha256, ca, port, out }) => {
             let ca = match ca {
                 Some(p) => p,
-                None => ControllerConfig::load(&cli.config)?.tls.ca,
+                None => source.load()?.tls()?.ca.clone(),
             };
             let ca_pem = std::fs::read_to_string(&ca)
                 .map_err(|e| anyhow::anyhow!("cannot read the fleet CA certificate {}: {e}", ca.display()))?;
@@ -299,7 +364,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(0)
         }
         Command::Diag { host, follow, interval, top, count } => {
-            let cfg = ControllerConfig::load(&cli.config)?;
+            let cfg = source.load()?;
             let hosts = fleet::discover(&cfg).await?;
             let host = fleet::find(&hosts, &host)?;
             let dialer = Dialer::from_config(&cfg)?;
@@ -317,11 +382,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn run_job(cmd: JobCommand, config: &std::path::Path, output: OutputFormat) -> anyhow::Result<ExitCode> {
+async fn run_job(cmd: JobCommand, cfg: &ControllerConfig, output: OutputFormat) -> anyhow::Result<ExitCode> {
     use crate::commands::job;
-    let cfg = ControllerConfig::load(config)?;
-    let hosts = fleet::discover(&cfg).await?;
-    let dialer = Dialer::from_config(&cfg)?;
+    let hosts = fleet::discover(cfg).await?;
+    let dialer = Dialer::from_config(cfg)?;
     let mut stdout = std::io::stdout().lock();
     let host_of = |name: &str| fleet::find(&hosts, name).cloned();
     let code = match cmd {
@@ -395,4 +459,52 @@ fn run_pki(cmd: PkiCommand) -> anyhow::Result<ExitCode> {
         println!("wrote {}", p.display());
     }
     Ok(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn global_aws_flags_win_over_the_config_file() {
+        let (_d, path) = config_file("[aws]\nregion = \"eu-west-1\"\nprofile = \"file\"\nendpoint_url = \"http://127.0.0.1:1\"\n");
+        let p = path.to_str().unwrap();
+        let cli = Cli::try_parse_from(["controller", "--config", p, "--region", "us-west-2", "--profile", "flag", "--endpoint-url", "http://127.0.0.1:2", "fleet", "list"]).unwrap();
+        let cfg = cli.load_config().unwrap();
+        assert_eq!(cfg.aws.region.as_deref(), Some("us-west-2"));
+        assert_eq!(cfg.aws.profile.as_deref(), Some("flag"));
+        assert_eq!(cfg.aws.endpoint_url.as_deref(), Some("http://127.0.0.1:2"));
+        // Global flags go anywhere on the line, and -o is --output.
+        let cli = Cli::try_parse_from(["controller", "fleet", "list", "--config", p, "-o", "json"]).unwrap();
+        assert_eq!(cli.output, OutputFormat::Json);
+        if std::env::var_os("AWS_REGION").is_none() {
+            assert_eq!(cli.load_config().unwrap().aws.region.as_deref(), Some("eu-west-1"), "without a flag the file's value stands");
+        }
+    }
+
+    #[test]
+    fn completions_are_generated_for_bash_zsh_and_fish() {
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "controller", &mut out);
+            let text = String::from_utf8(out).unwrap();
+            for sub in ["daily-health-check", "security-review", "fleet", "completions"] {
+                assert!(text.contains(sub), "{shell}: {sub} missing");
+            }
+        }
+    }
+
+    #[test]
+    fn every_command_states_the_exit_codes_in_its_help() {
+        let help = <Cli as clap::CommandFactory>::command().render_long_help().to_string();
+        assert!(help.contains("Exit codes: 0") && help.contains("1 a check failed") && help.contains("2 the command could not run"), "{help}");
+    }
 }

@@ -11,8 +11,17 @@ use ops_proto::v1::agent_client::AgentClient;
 use ops_proto::rustls::ClientConfig;
 use tonic::transport::Channel;
 
-use crate::config::ControllerConfig;
+use crate::config::{ConfigError, ControllerConfig};
 use crate::fleet::Host;
+
+/// The agent credentials could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DialerSetupError {
+    #[error(transparent)]
+    NoTls(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
 
 
 /// Connects to agents with this operator's certificate.
@@ -25,9 +34,9 @@ pub struct Dialer {
 
 impl Dialer {
     /// Loads the CA and the operator certificate named in the config.
-    pub fn from_config(cfg: &ControllerConfig) -> Result<Dialer, TlsError> {
+    pub fn from_config(cfg: &ControllerConfig) -> Result<Dialer, DialerSetupError> {
         Ok(Dialer {
-            config: tls::client_config(&cfg.tls.paths())?,
+            config: tls::client_config(&cfg.tls()?.paths())?,
             timeouts: DialTimeouts {
                 connect: cfg.fleet.connect_timeout,
                 request: Some(cfg.fleet.request_timeout),

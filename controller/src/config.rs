@@ -13,7 +13,10 @@ use ops_proto::tls::TlsPaths;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerConfig {
-    pub tls: TlsSection,
+    /// `[tls]`: needed only by the commands that talk to agents; AWS-only work runs
+    /// without it (agent checks are then `skipped`, saying why).
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
     #[serde(default)]
     pub fleet: FleetConfig,
     #[serde(default)]
@@ -21,6 +24,9 @@ pub struct ControllerConfig {
     /// `[runbooks]`: what the runbooks look at (stack, log groups, database, endpoints).
     #[serde(default)]
     pub runbooks: crate::runbooks::config::RunbooksConfig,
+    /// The file this was loaded from (not a key of the file).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[tls]`: the fleet CA and this operator's client certificate.
@@ -140,20 +146,66 @@ pub struct AwsConfig {
     pub profile: Option<String>,
 }
 
+/// The config file's name in the searched folders.
+pub const CONFIG_FILE_NAME: &str = "controller.toml";
+
+/// The places searched for the config file, in order, when neither `--config` nor
+/// `OPS_CONTROLLER_CONFIG` names one: `./controller.toml`,
+/// `$XDG_CONFIG_HOME/ops/controller.toml` (default `~/.config`), `/etc/ops/controller.toml`.
+pub fn search_path() -> Vec<PathBuf> {
+    let mut places = vec![PathBuf::from(CONFIG_FILE_NAME)];
+    let xdg = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".config")));
+    if let Some(dir) = xdg {
+        places.push(dir.join("ops").join(CONFIG_FILE_NAME));
+    }
+    places.push(PathBuf::from("/etc/ops").join(CONFIG_FILE_NAME));
+    places
+}
+
+/// The config file to load: the one named (flag or environment), else the first of
+/// `search_path()` that exists; the error lists every place tried.
+pub fn locate(named: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = named {
+        return Ok(p.to_path_buf());
+    }
+    let tried = search_path();
+    match tried.iter().find(|p| p.is_file()) {
+        Some(p) => Ok(p.clone()),
+        None => Err(ConfigError::NotFound { tried }),
+    }
+}
+
+fn list_paths(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
 /// A configuration that could not be loaded, with where and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("no controller config found; tried {}; name one with --config FILE or OPS_CONTROLLER_CONFIG", list_paths(.tried))]
+    NotFound { tried: Vec<PathBuf> },
     #[error("cannot read config file {path}: {source} (choose the file with --config FILE or OPS_CONTROLLER_CONFIG)")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("this command talks to agents and needs [tls] (ca, cert, key) in the controller config {path}")]
+    NoTls { path: PathBuf },
 }
 
 impl ControllerConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<ControllerConfig, ConfigError> {
+        let mut cfg = Self::load_unchecked_tls(path)?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    fn load_unchecked_tls(path: &Path) -> Result<ControllerConfig, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let mut cfg = Self::parse(&text)
@@ -170,11 +222,18 @@ impl ControllerConfig {
 
     /// Certificate paths are relative to the config file's folder.
     fn resolve_relative(&mut self, base: &Path) {
-        for p in [&mut self.tls.ca, &mut self.tls.cert, &mut self.tls.key] {
-            if p.is_relative() {
-                *p = base.join(&*p);
+        if let Some(tls) = &mut self.tls {
+            for p in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
             }
         }
+    }
+
+    /// `[tls]`, or the error naming the file that lacks it.
+    pub fn tls(&self) -> Result<&TlsSection, ConfigError> {
+        self.tls.as_ref().ok_or_else(|| ConfigError::NoTls { path: self.source.clone().unwrap_or_default() })
     }
 
     /// Checks what the types cannot.
@@ -268,6 +327,38 @@ mod tests {
         cfg.validate().unwrap();
         let both = format!("{BASE}[fleet]\nsource = \"ec2\"\nall_instances = true\ntag_filters = {{ A = \"b\" }}\n");
         assert!(ControllerConfig::parse(&both).unwrap().validate().unwrap_err().contains("contradict"));
+    }
+
+    #[test]
+    fn the_example_config_parses_and_validates() {
+        let cfg = ControllerConfig::parse(include_str!("../examples/controller.toml")).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.fleet.source, FleetSource::Ec2);
+        assert_eq!(cfg.runbooks.deadline, std::time::Duration::from_secs(120));
+        assert!(cfg.tls.is_some());
+    }
+
+    #[test]
+    fn tls_is_optional_until_a_command_needs_agents() {
+        let cfg = ControllerConfig::parse("[fleet]\nsource = \"static\"\n").unwrap();
+        cfg.validate().unwrap();
+        let err = cfg.tls().unwrap_err().to_string();
+        assert!(err.contains("needs [tls]"), "{err}");
+        assert!(ControllerConfig::parse(BASE).unwrap().tls().is_ok());
+    }
+
+    #[test]
+    fn the_search_lists_every_place_tried_when_none_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let places = search_path();
+        assert_eq!(places[0], PathBuf::from("controller.toml"));
+        assert_eq!(places.last().unwrap(), &PathBuf::from("/etc/ops/controller.toml"));
+        let named = dir.path().join("x.toml");
+        assert_eq!(locate(Some(&named)).unwrap(), named);
+        let err = ConfigError::NotFound { tried: places.clone() }.to_string();
+        for p in &places {
+            assert!(err.contains(&p.display().to_string()), "{err}");
+        }
     }
 
     #[test]

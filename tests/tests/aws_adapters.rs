@@ -215,32 +215,35 @@ async fn throttling_endpoint(throttle: usize) -> (String, Arc<AtomicUsize>) {
     (url, seen)
 }
 
-async fn clients_with_retries(url: &str, attempts: u32) -> AwsClients {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "tests"))
-        .endpoint_url(url)
-        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(attempts).with_initial_backoff(Duration::from_millis(10)))
-        .load()
-        .await;
+/// Clients built by the controller's own loader (`aws::sdk_config`), with its retry
+/// strategy and timeouts; only the backoff is shortened and static credentials given.
+async fn clients_from_the_loader(url: &str, retry: aws::RetryPolicy) -> AwsClients {
+    let cfg = controller::config::AwsConfig { region: Some("us-east-1".into()), endpoint_url: Some(url.into()), profile: None };
+    let sdk = aws::sdk_config(&cfg, retry)
+        .await
+        .into_builder()
+        .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "tests")))
+        .build();
     AwsClients::from_sdk_config(&sdk).unwrap()
 }
 
 #[tokio::test]
 async fn throttling_is_retried_with_backoff_and_named_when_it_persists() {
     tokio::time::timeout(LIMIT, async {
+        let quick = aws::RetryPolicy { initial_backoff: Duration::from_millis(10), ..aws::RetryPolicy::default() };
         let (url, seen) = throttling_endpoint(2).await;
-        let c = clients_with_retries(&url, 5).await;
+        let c = clients_from_the_loader(&url, quick).await;
         let stack = aws::cloudformation::describe_stack(&c.cloudformation, "TechHealthInfrastructureStack").await.unwrap().unwrap();
         assert_eq!(stack.status, "CREATE_COMPLETE");
         assert_eq!(seen.load(Ordering::SeqCst), 3, "two throttled attempts, then success");
 
         let (url, seen) = throttling_endpoint(usize::MAX).await;
-        let c = clients_with_retries(&url, 3).await;
+        let c = clients_from_the_loader(&url, quick).await;
         let err = aws::cloudformation::describe_stack(&c.cloudformation, "TechHealthInfrastructureStack").await.unwrap_err();
         assert!(matches!(err.cause, AwsCause::Throttled { .. }), "{err}");
         assert!(err.to_string().starts_with("CloudFormation DescribeStacks: throttled and still throttled after retrying"), "{err}");
-        assert_eq!(seen.load(Ordering::SeqCst), 3, "every attempt used");
+        let attempts = usize::try_from(aws::DEFAULT_MAX_ATTEMPTS).unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), attempts, "every attempt of the loader's policy used");
     })
     .await
     .expect("test timed out");

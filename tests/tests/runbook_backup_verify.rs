@@ -19,10 +19,14 @@ async fn fresh_backups_kept_a_week_pass() {
         let moto = Moto::start();
         let aws = moto.clients().await;
         seed::database(&aws, "techhealth-database", 7, true, false).await;
-        for _ in 0..6 {
+        for _ in 0..5 {
             seed::ebs_snapshot(&aws, &[("Purpose", "Automated")], true).await;
         }
         seed::ebs_snapshot(&aws, &[("Purpose", "Maintenance")], true).await;
+        let web = seed::instance(&aws, &[("Project", "TechHealth"), ("Name", "web-1")], true).await;
+        let vols = seed::volumes_of(&aws, &web).await;
+        assert_eq!(vols.len(), 1);
+        seed::snapshot_of(&aws, &vols[0], &[("Purpose", "Automated")]).await;
 
         let report = runbooks::run(Which::BackupVerify, &seed::context(aws, "", None)).await;
         let text = report.render_text();
@@ -38,8 +42,11 @@ async fn fresh_backups_kept_a_week_pass() {
         assert_eq!(ebs.summary, "last 5 of 6 EBS snapshots: all completed");
         assert_eq!(ebs.details.len(), 5);
         assert!(ebs.details.iter().all(|d| d.contains("  completed  ") && d.contains("  8 GiB  ")), "{:?}", ebs.details);
+        let age = report.check(backup::EBS_AGE).unwrap();
+        assert_eq!(age.summary, "0 of 1 fleet volumes without an automated snapshot in the last 1day 2h");
+        assert!(age.details[0].starts_with(&format!("ok  {} (web-1 ({web}))  newest snap-", vols[0])), "{:?}", age.details);
         let sizes = report.check(backup::SIZES).unwrap();
-        assert_eq!(sizes.summary, "1 snapshots, 20 GiB to 20 GiB");
+        assert_eq!(sizes.summary, "1 snapshots, 20 GiB to 20 GiB (under a day apart: no trend yet)");
         assert_eq!(report.runbook, "backup-verify");
         assert!(runbooks::report_stem(&report).starts_with("backup-report-"));
     })
@@ -54,6 +61,7 @@ async fn an_old_snapshot_short_retention_and_no_ebs_snapshots_are_reported() {
         let moto = Moto::start_in_the_past("-3d");
         let aws = moto.clients().await;
         seed::database(&aws, "techhealth-database", 3, true, false).await;
+        seed::instance(&aws, &[("Project", "TechHealth"), ("Name", "web-1")], true).await;
 
         let report = runbooks::run(Which::BackupVerify, &seed::context(aws, "", None)).await;
         let text = report.render_text();
@@ -67,6 +75,9 @@ async fn an_old_snapshot_short_retention_and_no_ebs_snapshots_are_reported() {
         assert!(retention.details[0].ends_with("retention 3 days  window 03:00-04:00  (under 7 days)"), "{:?}", retention.details);
         let ebs = report.check(backup::EBS).unwrap();
         assert_eq!((ebs.status, ebs.summary.as_str()), (Status::Warn, "no EBS snapshots with the automated-backup tags"));
+        let age = report.check(backup::EBS_AGE).unwrap();
+        assert_eq!(age.status, Status::Fail);
+        assert!(age.details.iter().all(|d| d.starts_with("FAIL") && d.contains("no automated snapshot")), "{:?}", age.details);
         assert!(report.action_items.iter().any(|a| a.starts_with("Fix rds automated snapshot: newest snapshot rds:techhealth-database-")), "{:?}", report.action_items);
         assert!(text.contains("[FAIL] rds automated snapshot"), "{text}");
     })

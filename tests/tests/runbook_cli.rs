@@ -35,6 +35,16 @@ fn controller(env: &[(&str, String)], config: &Path, args: &[&str]) -> (i32, Str
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// A world whose backups are all in order: a database kept a week, and a fleet instance
+/// whose volume has a fresh automated snapshot.
+async fn backup_world(aws: &controller::aws::AwsClients) {
+    seed::database(aws, "techhealth-database", 7, true, false).await;
+    let web = seed::instance(aws, &[("Project", "TechHealth"), ("Name", "web-1")], true).await;
+    for vol in seed::volumes_of(aws, &web).await {
+        seed::snapshot_of(aws, &vol, &[("Purpose", "Automated")]).await;
+    }
+}
+
 fn day() -> String {
     chrono::Local::now().format("%Y%m%d").to_string()
 }
@@ -68,8 +78,7 @@ async fn daily_health_check_writes_both_reports_and_exits_1_when_a_check_fails()
 async fn backup_verify_prints_json_and_exits_0_when_all_is_well() {
     let moto = Moto::start();
     let aws = moto.clients().await;
-    seed::database(&aws, "techhealth-database", 7, true, false).await;
-    seed::ebs_snapshot(&aws, &[("Purpose", "Automated")], true).await;
+    backup_world(&aws).await;
     let pki = TestPki::new();
     let cfg = config(&pki, &format!("[aws]\nregion = \"{REGION}\"\nendpoint_url = \"{}\"\n", moto.endpoint()));
     let env: Vec<(&str, String)> = moto.env().into_iter().filter(|(k, _)| *k != "AWS_ENDPOINT_URL" && *k != "AWS_REGION").collect();
@@ -77,7 +86,7 @@ async fn backup_verify_prints_json_and_exits_0_when_all_is_well() {
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(v["outcome"], "passed");
-    assert_eq!(v["checks"].as_array().unwrap().len(), 4);
+    assert_eq!(v["checks"].as_array().unwrap().len(), 5);
     assert!(pki.path().join(format!("backup-report-{}.json", day())).is_file());
 }
 
@@ -110,7 +119,7 @@ async fn missing_credentials_exit_2_and_say_what_to_set() {
     ];
     let (code, out, err) = controller(&env, &cfg, &["security-review", "--report-dir", pki.path().to_str().unwrap()]);
     assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
-    assert!(out.contains("IAM ListUsers: no AWS credentials found"), "{out}");
+    assert!(out.contains("IAM GenerateCredentialReport: no AWS credentials found"), "{out}");
     assert!(out.contains("set AWS_PROFILE or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"), "{out}");
 }
 
@@ -121,4 +130,106 @@ fn an_invalid_config_exits_2_naming_the_key() {
     let (code, out, err) = controller(&[], &cfg, &["daily-health-check"]);
     assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
     assert!(err.contains("stak_name"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unwritable_report_folder_loses_nothing_the_results_come_first_then_the_error_and_exit_2() {
+    let moto = Moto::start();
+    let aws = moto.clients().await;
+    backup_world(&aws).await;
+    let pki = TestPki::new();
+    let cfg = config(&pki, "");
+    // A folder below a regular file cannot be made, even by root.
+    let blocker = pki.path().join("not-a-folder");
+    std::fs::write(&blocker, "x").unwrap();
+    let dir = blocker.join("reports");
+    let (code, out, err) = controller(&moto.env(), &cfg, &["backup", "verify", "--report-dir", dir.to_str().unwrap()]);
+    assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("Result: PASSED"), "the results are printed before the report is written: {out}");
+    assert!(err.contains("cannot write report") && err.contains("not-a-folder"), "{err}");
+}
+
+#[tokio::test]
+async fn reports_go_to_the_state_folder_by_default_and_the_path_is_printed() {
+    let moto = Moto::start();
+    let aws = moto.clients().await;
+    backup_world(&aws).await;
+    let pki = TestPki::new();
+    let cfg = config(&pki, "");
+    let state = pki.path().join("state");
+    let mut env = moto.env();
+    env.push(("XDG_STATE_HOME", state.to_str().unwrap().to_string()));
+    let (code, out, err) = controller(&env, &cfg, &["-o", "json", "backup", "verify"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    serde_json::from_str::<serde_json::Value>(&out).unwrap_or_else(|e| panic!("stdout stays one JSON document: {e}: {out}"));
+    let json = state.join("ops/reports").join(format!("backup-report-{}.json", day()));
+    assert!(json.is_file(), "{}", json.display());
+    assert!(err.contains(&json.display().to_string()), "the path is printed (on stderr with JSON): {err}");
+}
+
+#[tokio::test]
+async fn a_frozen_aws_endpoint_ends_at_the_deadline_naming_each_call_that_did_not_answer() {
+    // A listener that accepts connections and never answers: the SDK's own per-attempt
+    // deadline is 30 s with retries, far beyond the run's.
+    let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = frozen.local_addr().unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for c in frozen.incoming().flatten() {
+            keep.lock().unwrap().push(c);
+        }
+    });
+    let pki = TestPki::new();
+    let cfg = config(&pki, "");
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+        ("AWS_REGION", REGION.to_string()),
+        ("AWS_ENDPOINT_URL", format!("http://{addr}")),
+    ];
+    let started = std::time::Instant::now();
+    let (code, out, err) = controller(&env, &cfg, &["daily-health-check", "--deadline", "3s", "--report-dir", pki.path().to_str().unwrap()]);
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}; stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(code, 1, "a timed-out call fails its check, not the whole run: stdout:\n{out}\nstderr:\n{err}");
+    for call in ["CloudFormation DescribeStacks", "EC2 DescribeInstances", "CloudWatch DescribeAlarms", "RDS DescribeDBSnapshots"] {
+        assert!(out.contains(&format!("{call}: no answer before the run's deadline of 3s")), "{call} not named: {out}");
+    }
+    assert!(!held.lock().unwrap().is_empty(), "the controller did reach the frozen endpoint");
+}
+
+#[tokio::test]
+async fn without_tls_aws_only_work_runs_and_agent_checks_are_skipped_saying_why() {
+    let moto = Moto::start();
+    let aws = moto.clients().await;
+    seed::database(&aws, "techhealth-database", 7, true, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("controller.toml");
+    std::fs::write(&cfg, "[fleet]\nsource = \"ec2\"\ntag_filters = { Project = \"TechHealth\" }\n").unwrap();
+    let (code, out, err) = controller(&moto.env(), &cfg, &["daily-health-check", "--report-dir", dir.path().to_str().unwrap()]);
+    assert!(code == 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("skipped") && out.contains("needs [tls]"), "{out}");
+    let (code, _, err) = controller(&moto.env(), &cfg, &["fleet", "ping"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("needs [tls]") && err.contains(cfg.to_str().unwrap()), "{err}");
+}
+
+#[test]
+fn no_config_anywhere_exits_2_listing_the_places_tried() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(binary("controller"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path().join("xdg"))
+        .current_dir(dir.path())
+        .args(["fleet", "list"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for place in ["controller.toml", &format!("{}/xdg/ops/controller.toml", dir.path().display()), "/etc/ops/controller.toml"] {
+        assert!(err.contains(place), "{place} not listed: {err}");
+    }
 }

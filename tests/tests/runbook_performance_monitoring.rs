@@ -93,3 +93,61 @@ async fn sustained_high_cpu_fails_the_run() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test]
+async fn agent_metrics_with_extra_dimensions_are_found_and_a_listed_metric_without_data_warns() {
+    tokio::time::timeout(LIMIT, async {
+        let moto = Moto::start();
+        let aws = moto.clients().await;
+        let web = seed::instance(&aws, &[("Project", "TechHealth"), ("Name", "web-1")], true).await;
+        let quiet = seed::instance(&aws, &[("Project", "TechHealth"), ("Name", "web-2")], true).await;
+        seed::database(&aws, "techhealth-database", 7, true, false).await;
+        let now = Utc::now();
+        let ago = |m: i64| now - chrono::Duration::minutes(m);
+        for id in [&web, &quiet] {
+            seed::metric(&aws, "AWS/EC2", "CPUUtilization", &BTreeMap::from([("InstanceId", id.as_str())]), &[(ago(30), 12.0)]).await;
+        }
+        // The CloudWatch agent appends ImageId and InstanceType to every metric.
+        let mem = BTreeMap::from([("InstanceId", web.as_str()), ("ImageId", "ami-12345678"), ("InstanceType", "t3.micro")]);
+        seed::metric(&aws, "CWAgent", "mem_used_percent", &mem, &[(ago(30), 64.0), (ago(20), 66.0)]).await;
+        // web-2's memory metric exists, but its only datapoint is two days old.
+        let old = BTreeMap::from([("InstanceId", quiet.as_str()), ("ImageId", "ami-12345678"), ("InstanceType", "t3.micro")]);
+        seed::metric(&aws, "CWAgent", "mem_used_percent", &old, &[(now - chrono::Duration::days(2), 50.0)]).await;
+
+        let report = runbooks::run(Which::PerformanceMonitoring { hours: 1 }, &seed::context(aws, "", None)).await;
+        let text = report.render_text();
+        let w = report.check(&format!("instance web-1 ({web})")).unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(w.status, Status::Ok, "{text}");
+        assert!(w.summary.contains("memory avg 65.0%"), "{}", w.summary);
+        let q = report.check(&format!("instance web-2 ({quiet})")).unwrap();
+        assert_eq!(q.status, Status::Warn, "{text}");
+        assert!(q.details.iter().any(|d| d.contains("mem_used_percent exists but has no data in the window")), "{:?}", q.details);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn a_static_host_shows_its_live_figures_and_a_silent_one_fails() {
+    tokio::time::timeout(LIMIT, async {
+        let moto = Moto::start();
+        let aws = moto.clients().await;
+        let pki = TestPki::new();
+        let agent = spawn_in_process(&pki, "", "").await;
+        let fleet = format!(
+            "[fleet]\nsource = \"static\"\n[[fleet.hosts]]\nname = \"db-proxy\"\naddress = \"{}\"\nserver_name = \"localhost\"\n[[fleet.hosts]]\nname = \"gone\"\naddress = \"127.0.0.1:{}\"\nserver_name = \"localhost\"\n",
+            agent.local_addr(),
+            free_port()
+        );
+        let report = runbooks::run(Which::PerformanceMonitoring { hours: 1 }, &seed::context_with_fleet(aws, &fleet, "", Some(dialer(pki.operator_config())))).await;
+        let text = report.render_text();
+        let live = report.check("host db-proxy").unwrap_or_else(|| panic!("{text}"));
+        assert!(live.summary.starts_with("live (agent): cpu "), "{}", live.summary);
+        let gone = report.check("host gone").unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(gone.status, Status::Fail);
+        assert!(report.check("ec2 instances").is_none(), "a static fleet has no EC2 instances to demand: {text}");
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_cloudwatch::types::{AlarmType, Dimension, DimensionFilter, StateValue, Statistic};
+use aws_sdk_cloudwatch::types::{AlarmType, Dimension, DimensionFilter, MetricDataQuery, MetricStat, StateValue, Statistic};
 use aws_sdk_cloudwatch::Client;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -149,4 +149,85 @@ pub async fn list_metrics(client: &Client, namespace: &str, metric: &str, dimens
                 .collect(),
         })
         .collect())
+}
+
+/// One series asked of GetMetricData: a metric (with all its dimensions) and a statistic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesQuery {
+    pub metric: Metric,
+    /// "Average", "Maximum", "Sum", ...
+    pub stat: &'static str,
+}
+
+/// The most queries GetMetricData takes in one call.
+pub const MAX_QUERIES_PER_CALL: usize = 500;
+
+/// Every series' values (one per period, oldest first), in the order of `series`, asked
+/// in as few GetMetricData calls as the service allows (500 series a call, following
+/// each call's pages); also returns how many calls were made.
+pub async fn metric_data(
+    client: &Client,
+    series: &[SeriesQuery],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    period_secs: i32,
+) -> Result<(Vec<Vec<f64>>, usize), AwsError> {
+    let mut values: Vec<Vec<(DateTime<Utc>, f64)>> = vec![Vec::new(); series.len()];
+    let mut calls = 0;
+    for (chunk_no, chunk) in series.chunks(MAX_QUERIES_PER_CALL).enumerate() {
+        let base = chunk_no * MAX_QUERIES_PER_CALL;
+        let queries: Vec<MetricDataQuery> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let dims: Vec<Dimension> = q.metric.dimensions.iter().map(|(k, v)| Dimension::builder().name(k).value(v).build()).collect();
+                let metric = aws_sdk_cloudwatch::types::Metric::builder()
+                    .namespace(&q.metric.namespace)
+                    .metric_name(&q.metric.name)
+                    .set_dimensions(Some(dims))
+                    .build();
+                MetricDataQuery::builder()
+                    .id(format!("q{}", base + i))
+                    .metric_stat(MetricStat::builder().metric(metric).period(period_secs).stat(q.stat).build())
+                    .return_data(true)
+                    .build()
+            })
+            .collect();
+        let mut token: Option<String> = None;
+        loop {
+            calls += 1;
+            let out = client
+                .get_metric_data()
+                .set_metric_data_queries(Some(queries.clone()))
+                .start_time(from_utc(start))
+                .end_time(from_utc(end))
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| classify(SERVICE, "GetMetricData", e))?;
+            for r in out.metric_data_results() {
+                let Some(idx) = r.id().and_then(|id| id.strip_prefix('q')).and_then(|n| n.parse::<usize>().ok()) else { continue };
+                let Some(slot) = values.get_mut(idx) else { continue };
+                for (t, v) in r.timestamps().iter().zip(r.values()) {
+                    if let Some(t) = to_utc(t) {
+                        slot.push((t, *v));
+                    }
+                }
+            }
+            match out.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+    }
+    Ok((
+        values
+            .into_iter()
+            .map(|mut v| {
+                v.sort_by_key(|(t, _)| *t);
+                v.into_iter().map(|(_, x)| x).collect()
+            })
+            .collect(),
+        calls,
+    ))
 }

@@ -28,6 +28,8 @@ pub struct Instance {
     pub tags: BTreeMap<String, String>,
     /// EBS volumes attached through block device mappings.
     pub volume_ids: Vec<String>,
+    /// The security groups of the instance (its network interfaces').
+    pub security_group_ids: Vec<String>,
 }
 
 /// One inbound rule of a security group, with the addresses it admits.
@@ -116,6 +118,7 @@ pub async fn describe_instances(client: &Client, tags: &BTreeMap<String, String>
                         .iter()
                         .filter_map(|m| m.ebs().and_then(|e| e.volume_id()).map(str::to_string))
                         .collect(),
+                    security_group_ids: i.security_groups().iter().filter_map(|g| g.group_id().map(str::to_string)).collect(),
                 });
             }
         }

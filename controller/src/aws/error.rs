@@ -30,6 +30,10 @@ pub enum AwsCause {
     Unreachable(String),
     #[error("no answer in time ({0})")]
     TimedOut(String),
+    /// The runbook's own deadline ran out while this call was in flight: it fails its
+    /// check, not the whole run.
+    #[error("no answer before the run's deadline of {}", humantime::format_duration(*.0))]
+    DeadlineExceeded(std::time::Duration),
     #[error("not found ({code}: {message})")]
     NotFound { code: String, message: String },
     #[error("{code}: {message}")]

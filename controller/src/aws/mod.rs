@@ -5,6 +5,7 @@
 //! failure. Adapters only read and translate: decisions belong to the runbooks.
 
 pub mod cloudformation;
+pub mod cloudtrail;
 pub mod cloudwatch;
 pub mod ec2;
 pub mod error;
@@ -77,6 +78,7 @@ pub struct AwsClients {
     pub secrets: aws_sdk_secretsmanager::Client,
     pub cloudformation: aws_sdk_cloudformation::Client,
     pub iam: aws_sdk_iam::Client,
+    pub cloudtrail: aws_sdk_cloudtrail::Client,
     pub region: String,
     /// The endpoint is a local AWS emulator (loopback): the addresses it reports for
     /// instances are invented, so nothing may be dialled at them (see `may_contact`).
@@ -101,6 +103,7 @@ impl AwsClients {
             secrets: aws_sdk_secretsmanager::Client::new(sdk),
             cloudformation: aws_sdk_cloudformation::Client::new(sdk),
             iam: aws_sdk_iam::Client::new(sdk),
+            cloudtrail: aws_sdk_cloudtrail::Client::new(sdk),
             region,
             local_emulator: sdk.endpoint_url().is_some_and(is_loopback_url) || env_endpoint_is_loopback(),
         })

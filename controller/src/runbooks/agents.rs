@@ -5,6 +5,7 @@
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
+use tokio::time::Instant;
 use ops_proto::v1::agent_client::AgentClient;
 use ops_proto::v1::{AuthFailuresRequest, SnapshotRequest};
 use tonic::transport::Channel;
@@ -59,9 +60,9 @@ pub struct Live {
 }
 
 /// Failed logins since `since` from every host's agent.
-pub async fn auth_failures(dialer: &Dialer, hosts: &[Host], since: DateTime<Utc>) -> Vec<HostAnswer<AuthSummary>> {
+pub async fn auth_failures(dialer: &Dialer, hosts: &[Host], since: DateTime<Utc>, deadline: Instant) -> Vec<HostAnswer<AuthSummary>> {
     let since_ms = since.timestamp_millis();
-    ask_each(dialer, hosts, move |mut c| async move {
+    ask_each(dialer, hosts, deadline, move |mut c| async move {
         let a = c
             .get_auth_failures(AuthFailuresRequest { since_unix_ms: since_ms, top_n: TOP_N, rescan: false })
             .await?
@@ -83,8 +84,8 @@ pub async fn auth_failures(dialer: &Dialer, hosts: &[Host], since: DateTime<Utc>
 }
 
 /// A live snapshot from every host's agent.
-pub async fn live(dialer: &Dialer, hosts: &[Host]) -> Vec<HostAnswer<Live>> {
-    ask_each(dialer, hosts, |mut c| async move {
+pub async fn live(dialer: &Dialer, hosts: &[Host], deadline: Instant) -> Vec<HostAnswer<Live>> {
+    ask_each(dialer, hosts, deadline, |mut c| async move {
         let s = c.get_snapshot(SnapshotRequest { top_n: 1, cpu_interval_ms: 0 }).await?.into_inner();
         Ok(Live {
             cpu_percent: s.cpu_percent,
@@ -101,8 +102,9 @@ pub async fn live(dialer: &Dialer, hosts: &[Host]) -> Vec<HostAnswer<Live>> {
 }
 
 /// Connects to every host (never to one marked undialable) and asks it one thing; each
-/// host's answer or the named reason there was none, in fleet order.
-async fn ask_each<T, F, Fut>(dialer: &Dialer, hosts: &[Host], ask: F) -> Vec<HostAnswer<T>>
+/// host's answer or the named reason there was none, in fleet order. A host still
+/// unanswered at `deadline` is named as such.
+async fn ask_each<T, F, Fut>(dialer: &Dialer, hosts: &[Host], deadline: Instant, ask: F) -> Vec<HostAnswer<T>>
 where
     F: Fn(AgentClient<Channel>) -> Fut + Clone,
     Fut: Future<Output = Result<T, tonic::Status>>,
@@ -117,8 +119,10 @@ where
                     }
                     let c = d.connect(h).await.map_err(|e| e.to_string())?;
                     ask(c).await.map_err(|s| call_error(&s).to_string())
-                }
-                .await;
+                };
+                let answer = tokio::time::timeout_at(deadline, answer)
+                    .await
+                    .unwrap_or_else(|_| Err("no answer before the run's deadline".to_string()));
                 HostAnswer { host: h.name.clone(), instance_id: h.instance_id.clone(), answer }
             }
         })

@@ -20,15 +20,17 @@ pub const RETENTION: &str = "rds backup retention";
 pub const NEWEST: &str = "rds automated snapshot";
 pub const EBS: &str = "ebs snapshots";
 pub const SIZES: &str = "snapshot sizes";
+pub const EBS_AGE: &str = "ebs snapshot age per volume";
 
 /// Runs the backup verification.
 pub async fn run(ctx: &Context) -> Report {
     let started = Utc::now();
     let rb = &ctx.runbooks;
-    let (dbs, snaps, ebs) = tokio::join!(
-        rds::describe_db_instances(&ctx.aws.rds),
-        rds::describe_db_snapshots(&ctx.aws.rds, &rb.db_instance_id, "automated"),
-        ec2::describe_snapshots_tagged(&ctx.aws.ec2, &rb.ebs_snapshot_tags),
+    let (dbs, snaps, ebs, instances) = tokio::join!(
+        ctx.bounded("RDS", "DescribeDBInstances", rds::describe_db_instances(&ctx.aws.rds)),
+        ctx.bounded("RDS", "DescribeDBSnapshots", rds::describe_db_snapshots(&ctx.aws.rds, &rb.db_instance_id, "automated")),
+        ctx.bounded("EC2", "DescribeSnapshots", ec2::describe_snapshots_tagged(&ctx.aws.ec2, &rb.ebs_snapshot_tags)),
+        ctx.tagged_instances(),
     );
     let mut report = Report::new("backup-verify", "TechHealth Backup Verification", started);
     report.checks.push(match &dbs {
@@ -42,6 +44,10 @@ pub async fn run(ctx: &Context) -> Report {
     report.checks.push(match &ebs {
         Ok(s) => ebs_check(s),
         Err(e) => Check::aws_error(EBS, e),
+    });
+    report.checks.push(match (&instances, &ebs) {
+        (Ok(i), Ok(s)) => ebs_age_check(i, s, ctx.now, rb.ebs_snapshot_max_age),
+        (Err(e), _) | (_, Err(e)) => Check::aws_error(EBS_AGE, e),
     });
     report.checks.push(match &snaps {
         Ok(s) => sizes_check(s),
@@ -130,7 +136,43 @@ pub fn ebs_check(snaps: &[EbsSnapshot]) -> Check {
     Check::new(EBS, status, summary).details(details).data(json!(last))
 }
 
-/// Automated snapshot sizes, oldest first (growth is how storage is planned). Pure.
+/// The newest automated snapshot of every volume of every fleet instance: older than
+/// `max_age`, or none at all, fails, naming the volume and its instance. Pure.
+pub fn ebs_age_check(instances: &[crate::aws::ec2::Instance], snaps: &[EbsSnapshot], now: DateTime<Utc>, max_age: std::time::Duration) -> Check {
+    let volumes: Vec<(&str, String)> = instances
+        .iter()
+        .flat_map(|i| i.volume_ids.iter().map(move |v| (v.as_str(), super::checks::instance_label(i))))
+        .collect();
+    if volumes.is_empty() {
+        return Check::skipped(EBS_AGE, "the fleet has no EC2 volumes to look for");
+    }
+    let limit = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
+    let mut bad = 0;
+    let mut details = Vec::new();
+    for (vol, instance) in &volumes {
+        let newest = snaps.iter().filter(|s| s.volume_id.as_deref() == Some(*vol)).filter(|s| s.start_time.is_some()).max_by_key(|s| s.start_time);
+        let line = match newest.and_then(|s| Some((s, s.start_time?))) {
+            None => {
+                bad += 1;
+                format!("FAIL  {vol} ({instance})  no automated snapshot")
+            }
+            Some((s, at)) => {
+                let age = now - at;
+                let old = age > limit;
+                if old {
+                    bad += 1;
+                }
+                format!("{}  {vol} ({instance})  newest {} {} ({} h old, {})", if old { "FAIL" } else { "ok" }, s.id, at.format("%Y-%m-%d %H:%M UTC"), age.num_hours(), s.state)
+            }
+        };
+        details.push(line);
+    }
+    let summary = format!("{} of {} fleet volumes without an automated snapshot in the last {}", bad, volumes.len(), humantime::format_duration(max_age));
+    Check::new(EBS_AGE, if bad > 0 { Status::Fail } else { Status::Ok }, summary).details(details)
+}
+
+/// Automated snapshot sizes, oldest first, and their trend per day (growth is how storage
+/// is planned). Pure.
 pub fn sizes_check(snaps: &[DbSnapshot]) -> Check {
     if snaps.is_empty() {
         return Check::skipped(SIZES, "no automated snapshots");
@@ -150,8 +192,17 @@ pub fn sizes_check(snaps: &[DbSnapshot]) -> Check {
         .collect();
     let first = sorted.first().and_then(|s| s.allocated_storage_gib);
     let last = sorted.last().and_then(|s| s.allocated_storage_gib);
+    let span_days = match (sorted.first().and_then(|s| s.created), sorted.last().and_then(|s| s.created)) {
+        (Some(a), Some(b)) => (b - a).num_minutes() as f64 / (24.0 * 60.0),
+        _ => 0.0,
+    };
     let summary = match (first, last) {
-        (Some(a), Some(b)) => format!("{} snapshots, {a} GiB to {b} GiB", sorted.len()),
+        (Some(a), Some(b)) if sorted.len() > 1 && span_days >= 1.0 => {
+            let per_day = f64::from(b - a) / span_days;
+            let trend = if b == a { "flat".to_string() } else { format!("{:+} GiB, {per_day:+.2} GiB/day", b - a) };
+            format!("{} snapshots over {span_days:.0} days, {a} GiB to {b} GiB: {trend}", sorted.len())
+        }
+        (Some(a), Some(b)) => format!("{} snapshots, {a} GiB to {b} GiB (under a day apart: no trend yet)", sorted.len()),
         _ => format!("{} snapshots", sorted.len()),
     };
     Check::ok(SIZES, summary).details(details)

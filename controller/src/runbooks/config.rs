@@ -8,6 +8,8 @@
 //! app_log_group = "/aws/ec2/techhealth"
 //! auth_log_group = "/aws/ec2/auth"
 //! cloudtrail_log_group = "CloudTrail/TechHealthAuditTrail"
+//! trail_name = "TechHealthAuditTrail"     # asked of CloudTrail: exists, logging, multi-region, validated
+//! trail_max_delivery_age = "24h"          # and delivered within this window
 //! db_instance_id = "techhealth-database"
 //! db_secret_id = "TechHealth-DB-Credentials"
 //! error_pattern = "ERROR"
@@ -17,11 +19,14 @@
 //! tls_endpoint = "{public_ip}:443"         # per instance: tag TlsEndpoint overrides
 //! tls_endpoint_tag = "TlsEndpoint"
 //! tls_server_name = "techhealth.com"
+//! # tls_ca_file = "private-ca.pem"        # extra CAs the HTTPS certificates may chain to
 //! http_timeout = "10s"
 //! failed_login_threshold = 5
 //! ebs_snapshot_tags = { Purpose = "Automated" }
+//! ebs_snapshot_max_age = "26h"            # newest snapshot of every fleet volume
 //! # log_page_limit = 1000                 # events per FilterLogEvents page
 //! unreachable = "fail"                    # a silent agent fails its check ("warn": warns)
+//! deadline = "120s"                       # the whole run; what has not answered fails its check
 //! ```
 //!
 //! Templates take `{public_ip}`, `{private_ip}`, `{instance_id}`, `{name}` and `{host}`
@@ -44,6 +49,11 @@ pub struct RunbooksConfig {
     pub auth_log_group: String,
     /// CloudTrail's log group (security review).
     pub cloudtrail_log_group: String,
+    /// The trail the compliance check asks CloudTrail about (name or ARN).
+    pub trail_name: String,
+    /// The trail must have delivered log files within this window, e.g. "24h".
+    #[serde(with = "crate::config::duration_text")]
+    pub trail_max_delivery_age: Duration,
     /// The database whose automated snapshots are checked.
     pub db_instance_id: String,
     /// The Secrets Manager secret holding the database credentials.
@@ -62,6 +72,9 @@ pub struct RunbooksConfig {
     pub tls_endpoint_tag: String,
     /// The name sent in the TLS handshake (SNI) to the HTTPS endpoint.
     pub tls_server_name: String,
+    /// PEM file of extra CA certificates the probed HTTPS certificates may chain to (a
+    /// private CA), beside the system's trust store.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Deadline of each HTTP and TLS probe, e.g. "10s".
     #[serde(with = "crate::config::duration_text")]
     pub http_timeout: Duration,
@@ -69,10 +82,17 @@ pub struct RunbooksConfig {
     pub failed_login_threshold: u64,
     /// Tags of the automated EBS snapshots.
     pub ebs_snapshot_tags: BTreeMap<String, String>,
+    /// Every volume of the fleet must have an automated snapshot newer than this, e.g. "26h".
+    #[serde(with = "crate::config::duration_text")]
+    pub ebs_snapshot_max_age: Duration,
     /// Events per FilterLogEvents page; unset lets the service choose.
     pub log_page_limit: Option<i32>,
     /// What a host that did not answer does to a check that asked it.
     pub unreachable: Unreachable,
+    /// The whole run's deadline (`--deadline` overrides): an AWS call, a probe or an agent
+    /// that has not answered by then fails its own check, named; the report still comes.
+    #[serde(with = "crate::config::duration_text")]
+    pub deadline: Duration,
 }
 
 /// `[runbooks] unreachable`: a host that did not answer (or could not be dialled) fails
@@ -92,6 +112,8 @@ impl Default for RunbooksConfig {
             app_log_group: "/aws/ec2/techhealth".into(),
             auth_log_group: "/aws/ec2/auth".into(),
             cloudtrail_log_group: "CloudTrail/TechHealthAuditTrail".into(),
+            trail_name: "TechHealthAuditTrail".into(),
+            trail_max_delivery_age: Duration::from_secs(24 * 3600),
             db_instance_id: "techhealth-database".into(),
             db_secret_id: "TechHealth-DB-Credentials".into(),
             error_pattern: "ERROR".into(),
@@ -101,11 +123,14 @@ impl Default for RunbooksConfig {
             tls_endpoint: "{public_ip}:443".into(),
             tls_endpoint_tag: "TlsEndpoint".into(),
             tls_server_name: "techhealth.com".into(),
+            tls_ca_file: None,
             http_timeout: Duration::from_secs(10),
             failed_login_threshold: 5,
             ebs_snapshot_tags: BTreeMap::from([("Purpose".to_string(), "Automated".to_string())]),
+            ebs_snapshot_max_age: Duration::from_secs(26 * 3600),
             log_page_limit: None,
             unreachable: Unreachable::Fail,
+            deadline: Duration::from_secs(120),
         }
     }
 }

@@ -41,13 +41,13 @@ pub async fn run(ctx: &Context) -> Report {
     let app_q = LogQuery { group: &rb.app_log_group, start: since, end: now, pattern: Some(&rb.error_pattern), page_limit: rb.log_page_limit };
     let auth_q = LogQuery { group: &rb.auth_log_group, start: since, end: now, pattern: Some(&rb.failed_login_pattern), page_limit: rb.log_page_limit };
     let (stack, instances, dbs, alarms, errors, snapshots, logins) = tokio::join!(
-        cloudformation::describe_stack(&ctx.aws.cloudformation, &rb.stack_name),
+        ctx.bounded("CloudFormation", "DescribeStacks", cloudformation::describe_stack(&ctx.aws.cloudformation, &rb.stack_name)),
         ctx.tagged_instances(),
-        rds::describe_db_instances(&ctx.aws.rds),
-        cloudwatch::alarms_in_alarm(&ctx.aws.cloudwatch),
-        logs::count_events(&ctx.aws.logs, &app_q),
-        rds::describe_db_snapshots(&ctx.aws.rds, &rb.db_instance_id, "automated"),
-        logs::count_events(&ctx.aws.logs, &auth_q),
+        ctx.bounded("RDS", "DescribeDBInstances", rds::describe_db_instances(&ctx.aws.rds)),
+        ctx.bounded("CloudWatch", "DescribeAlarms", cloudwatch::alarms_in_alarm(&ctx.aws.cloudwatch)),
+        ctx.bounded("CloudWatch Logs", "FilterLogEvents", logs::count_events(&ctx.aws.logs, &app_q)),
+        ctx.bounded("RDS", "DescribeDBSnapshots", rds::describe_db_snapshots(&ctx.aws.rds, &rb.db_instance_id, "automated")),
+        ctx.bounded("CloudWatch Logs", "FilterLogEvents", logs::count_events(&ctx.aws.logs, &auth_q)),
     );
     let window = format!("since {}", since.with_timezone(&Local).format("%Y-%m-%d %H:%M"));
 
@@ -69,7 +69,7 @@ pub async fn run(ctx: &Context) -> Report {
     let hosts = ctx.agent_hosts(instances.as_deref().unwrap_or_default());
     let (probes, auth) = tokio::join!(probe_all(ctx, &running), async {
         match &ctx.dialer {
-            Some(d) => Some(agents::auth_failures(d, &hosts, since).await),
+            Some(d) => Some(agents::auth_failures(d, &hosts, since, ctx.deadline).await),
             None => None,
         }
     });
@@ -131,20 +131,28 @@ async fn probe_all(ctx: &Context, running: &[Instance]) -> Vec<Probe> {
                 .collect()
         }
     };
-    stream::iter(targets)
+    let mut probes = stream::iter(targets)
         .map(|(instance, url)| async move {
             let result = match &url {
                 Ok(u) => match probe::parse_url(u) {
                     Ok(parsed) if !crate::aws::may_contact(local_emulator, &parsed.host) => Some(Err(crate::aws::NOT_CONTACTED.to_string())),
-                    _ => Some(probe::http_status(u, timeout).await.map_err(|e| e.to_string())),
+                    _ => Some(
+                        tokio::time::timeout_at(ctx.deadline, probe::http_status(u, timeout))
+                            .await
+                            .unwrap_or_else(|_| Err(probe::ProbeError::Deadline))
+                            .map_err(|e| e.to_string()),
+                    ),
                 },
                 Err(_) => None,
             };
             Probe { instance, url, result }
         })
-        .buffered(PROBE_CONCURRENCY)
-        .collect()
-        .await
+        .buffer_unordered(PROBE_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    // Unordered so that one slow host never holds up the others; sorted for the report.
+    probes.sort_by(|a, b| a.instance.cmp(&b.instance));
+    probes
 }
 
 /// CREATE/UPDATE/IMPORT _COMPLETE is healthy; in progress warns; rollbacks, failures,

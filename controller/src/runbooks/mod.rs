@@ -13,8 +13,6 @@ pub mod probe;
 pub mod report;
 pub mod security_review;
 
-use std::path::Path;
-
 use chrono::{DateTime, Local, Utc};
 
 use crate::aws::ec2::Instance;
@@ -39,6 +37,8 @@ pub struct Context {
     pub dialer_error: Option<String>,
     /// The run's clock: every window is measured from it.
     pub now: DateTime<Utc>,
+    /// When the run must end: every AWS call, probe and agent question is bounded by it.
+    pub deadline: tokio::time::Instant,
 }
 
 /// A runbook could not start.
@@ -50,6 +50,8 @@ pub enum RunbookError {
     Aws(#[from] crate::aws::AwsSetupError),
     #[error(transparent)]
     Report(#[from] report::ReportError),
+    #[error("no folder for the reports ({0}); name one with --report-dir")]
+    ReportDir(String),
 }
 
 impl Context {
@@ -60,14 +62,29 @@ impl Context {
             Ok(d) => (Some(d), None),
             Err(e) => (None, Some(format!("agent credentials not loaded: {e}"))),
         };
-        Ok(Context { aws, runbooks: cfg.runbooks.clone(), fleet: cfg.fleet.clone(), dialer, dialer_error, now: Utc::now() })
+        let deadline = tokio::time::Instant::now() + cfg.runbooks.deadline;
+        Ok(Context { aws, runbooks: cfg.runbooks.clone(), fleet: cfg.fleet.clone(), dialer, dialer_error, now: Utc::now(), deadline })
+    }
+
+    /// Runs one AWS call within the run's deadline: a call still unanswered then fails
+    /// (its own check only), named by service and call.
+    pub async fn bounded<T>(
+        &self,
+        service: &'static str,
+        call: &'static str,
+        fut: impl std::future::Future<Output = Result<T, AwsError>>,
+    ) -> Result<T, AwsError> {
+        match tokio::time::timeout_at(self.deadline, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(AwsError { service, call, cause: crate::aws::AwsCause::DeadlineExceeded(self.runbooks.deadline) }),
+        }
     }
 
     /// The fleet's instances in every state but gone (the daily check shows stopped ones
     /// too; terminated instances are no longer part of the fleet and are never counted).
     pub async fn tagged_instances(&self) -> Result<Vec<Instance>, AwsError> {
         const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
-        crate::aws::ec2::describe_instances(&self.aws.ec2, &self.fleet.tag_filters, &LIVE_STATES).await
+        self.bounded("EC2", "DescribeInstances", crate::aws::ec2::describe_instances(&self.aws.ec2, &self.fleet.tag_filters, &LIVE_STATES)).await
     }
 
     /// The agents to ask: the static inventory, or the running instances among
@@ -126,19 +143,35 @@ pub fn report_stem(report: &Report) -> String {
     format!("{prefix}-{day}")
 }
 
-/// `controller <runbook>`: load, run, print (table or JSON), write the reports, and
-/// return the exit code (0 nothing failed, 1 a check failed, 2 could not run).
-pub async fn cli(which: Which, config: &Path, output: OutputFormat, report_dir: &Path) -> Result<i32, RunbookError> {
-    let cfg = ControllerConfig::load(config)?;
+/// Where reports go without `--report-dir`: `$XDG_STATE_HOME/ops/reports`.
+pub fn default_report_dir() -> Result<std::path::PathBuf, crate::rollout::journal::JournalError> {
+    Ok(crate::rollout::journal::state_root()?.join("reports"))
+}
+
+/// `controller <runbook>`: run, print (table or JSON), then write the reports, and return
+/// the exit code (0 nothing failed, 1 a check failed or was skipped, 2 could not run).
+/// The results are printed before any file is written, so a report folder that cannot be
+/// written loses nothing: the error follows the printed results and the exit code is 2.
+pub async fn cli(which: Which, cfg: &ControllerConfig, output: OutputFormat, args: &crate::cli::ReportArgs) -> Result<i32, RunbookError> {
+    let mut cfg = cfg.clone();
+    if let Some(d) = args.deadline {
+        cfg.runbooks.deadline = d;
+    }
     let ctx = Context::from_config(&cfg).await?;
     let report = run(which, &ctx).await;
-    let (txt, json) = report.write(report_dir, &report_stem(&report))?;
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()),
-        OutputFormat::Table => {
-            print!("{}", report.render_text());
-            println!("\nReport saved to: {} and {}", txt.display(), json.display());
-        }
+        OutputFormat::Table => print!("{}", report.render_text()),
+    }
+    let dir = match &args.report_dir {
+        Some(d) => d.clone(),
+        None => default_report_dir().map_err(|e| RunbookError::ReportDir(e.to_string()))?,
+    };
+    let (txt, json) = report.write(&dir, &report_stem(&report))?;
+    // On stderr with JSON output, so that standard output stays one JSON document.
+    match output {
+        OutputFormat::Json => eprintln!("Report saved to: {} and {}", txt.display(), json.display()),
+        OutputFormat::Table => println!("\nReport saved to: {} and {}", txt.display(), json.display()),
     }
     Ok(report.outcome().exit_code())
 }

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 
 use chrono::{Duration, Utc};
-use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use serde_json::json;
 
@@ -15,14 +14,12 @@ use super::agents::{self, HostAnswer, Live};
 use super::checks::instance_label;
 use super::report::{Check, Report, Status};
 use super::Context;
-use crate::aws::cloudwatch::{self, Datapoint, StatsQuery};
+use crate::aws::cloudwatch::{self, Datapoint, Metric, SeriesQuery};
 use crate::aws::ec2::Instance;
 use crate::aws::rds::{self, DbInstance};
 use crate::aws::AwsError;
 use crate::output::human_bytes;
 
-/// Instances (or databases) whose metrics are fetched at once.
-const METRIC_CONCURRENCY: usize = 8;
 /// The longest window accepted: 1440 hourly datapoints is GetMetricStatistics' limit.
 pub const MAX_HOURS: u32 = 1440;
 
@@ -95,6 +92,8 @@ pub fn pct(v: Option<f64>) -> String {
 pub struct InstanceFigures {
     pub cpu: Summary,
     pub memory: Summary,
+    /// The CloudWatch agent has a memory metric for the instance (with or without data).
+    pub memory_listed: bool,
     /// Per CloudWatch-agent disk metric: its path or device, and its summary.
     pub disks: Vec<(String, Summary)>,
     pub network_in: Summary,
@@ -125,7 +124,11 @@ pub fn instance_check(name: &str, f: &InstanceFigures, live: Option<&Result<Live
         _ => Status::Ok,
     };
     let disk_max = f.disks.iter().filter_map(|(_, s)| s.maximum.or(s.average)).fold(None, |acc: Option<f64>, x| Some(acc.map_or(x, |a| a.max(x))));
-    let status = cpu_status.max(level(f.memory.average, USE_WARN, USE_FAIL)).max(level(disk_max, USE_WARN, USE_FAIL));
+    // A metric that exists but has no datapoint in the window was not measured: say so.
+    let memory_silent = f.memory_listed && f.memory.datapoints == 0;
+    let silent_disks: Vec<&str> = f.disks.iter().filter(|(_, s)| s.datapoints == 0).map(|(p, _)| p.as_str()).collect();
+    let silence = if memory_silent || !silent_disks.is_empty() { Status::Warn } else { Status::Ok };
+    let status = cpu_status.max(silence).max(level(f.memory.average, USE_WARN, USE_FAIL)).max(level(disk_max, USE_WARN, USE_FAIL));
     let net = f.network_in.sum.map(|b| human_bytes(b.max(0.0) as u64)).unwrap_or_else(|| "no data".into());
     let summary = format!(
         "cpu avg {} max {}; memory avg {}; disk max {}; network in {net}",
@@ -139,8 +142,20 @@ pub fn instance_check(name: &str, f: &InstanceFigures, live: Option<&Result<Live
         "cloudwatch: memory avg {} max {}{}",
         pct(f.memory.average),
         pct(f.memory.maximum),
-        if f.memory.datapoints == 0 { " (the CloudWatch agent reports no mem_used_percent)" } else { "" }
+        if memory_silent {
+            " (WARN: mem_used_percent exists but has no data in the window: is the CloudWatch agent running?)"
+        } else if f.memory.datapoints == 0 {
+            " (the CloudWatch agent reports no mem_used_percent)"
+        } else {
+            ""
+        }
     ));
+    if f.cpu.datapoints == 0 {
+        details.push("cloudwatch: WARN: CPUUtilization has no data in the window".into());
+    }
+    for p in &silent_disks {
+        details.push(format!("cloudwatch: WARN: disk_used_percent for {p} exists but has no data in the window"));
+    }
     if f.disks.is_empty() {
         details.push("cloudwatch: disk no data (the CloudWatch agent reports no disk_used_percent)".into());
     }
@@ -187,27 +202,17 @@ pub async fn run(ctx: &Context, hours: u32) -> Report {
     let start = end - Duration::hours(i64::from(hours));
     let period = period_for_hours(hours);
     let (instances, dbs) = tokio::join!(
-        crate::aws::ec2::describe_instances(&ctx.aws.ec2, &ctx.fleet.tag_filters, &["running"]),
-        rds::describe_db_instances(&ctx.aws.rds)
+        ctx.bounded("EC2", "DescribeInstances", crate::aws::ec2::describe_instances(&ctx.aws.ec2, &ctx.fleet.tag_filters, &["running"])),
+        ctx.bounded("RDS", "DescribeDBInstances", rds::describe_db_instances(&ctx.aws.rds))
     );
     let instances = match instances {
-        Ok(i) => i,
+        Ok(i) if ctx.fleet.source == crate::config::FleetSource::Ec2 => i,
+        Ok(_) => Vec::new(),
         Err(e) => {
             report.checks.push(Check::aws_error("ec2 instances", &e));
             Vec::new()
         }
     };
-    let hosts = ctx.agent_hosts(&instances);
-    let live_fut = async {
-        match &ctx.dialer {
-            Some(d) => agents::live(d, &hosts).await,
-            None => Vec::new(),
-        }
-    };
-    let inst_fut = stream::iter(instances.iter())
-        .map(|i| async move { (i, instance_figures(ctx, i, start, end, period).await) })
-        .buffered(METRIC_CONCURRENCY)
-        .collect::<Vec<_>>();
     let db_list: Vec<DbInstance> = match &dbs {
         Ok(d) => d.clone(),
         Err(e) => {
@@ -215,29 +220,43 @@ pub async fn run(ctx: &Context, hours: u32) -> Report {
             Vec::new()
         }
     };
-    let db_fut = stream::iter(db_list.iter())
-        .map(|d| async move { (d, db_figures(ctx, &d.id, start, end, period).await) })
-        .buffered(METRIC_CONCURRENCY)
-        .collect::<Vec<_>>();
-    let (figures, db_figs, live) = tokio::join!(inst_fut, db_fut, live_fut);
+    let hosts = ctx.agent_hosts(&instances);
+    let live_fut = async {
+        match &ctx.dialer {
+            Some(d) => agents::live(d, &hosts, ctx.deadline).await,
+            None => Vec::new(),
+        }
+    };
+    let figures_fut = fetch_figures(ctx, &instances, &db_list, start, end, period);
+    let (figures, live) = tokio::join!(figures_fut, live_fut);
 
     let live_by_id: BTreeMap<&str, &HostAnswer<Live>> = live.iter().filter_map(|a| Some((a.instance_id.as_deref()?, a))).collect();
-    if instances.is_empty() && report.checks.is_empty() {
+    if instances.is_empty() && report.checks.is_empty() && ctx.fleet.source == crate::config::FleetSource::Ec2 {
         report.checks.push(Check::fail("ec2 instances", "no running tagged instances"));
     }
-    for (i, f) in figures {
-        let name = instance_label(i);
-        let live = live_by_id.get(i.id.as_str()).map(|a| &a.answer);
-        report.checks.push(match f {
-            Ok(f) => instance_check(&name, &f, live),
-            Err(e) => Check::aws_error(format!("instance {name}"), &e),
-        });
+    match figures {
+        Ok((inst_figs, db_figs)) => {
+            for (i, f) in instances.iter().zip(inst_figs) {
+                let live = live_by_id.get(i.id.as_str()).map(|a| &a.answer);
+                report.checks.push(instance_check(&instance_label(i), &f, live));
+            }
+            for (d, f) in db_list.iter().zip(db_figs) {
+                report.checks.push(db_check(&d.id, &f));
+            }
+        }
+        Err(e) => {
+            for i in &instances {
+                report.checks.push(Check::aws_error(format!("instance {}", instance_label(i)), &e));
+            }
+            for d in &db_list {
+                report.checks.push(Check::aws_error(format!("database {}", d.id), &e));
+            }
+        }
     }
-    for (d, f) in db_figs {
-        report.checks.push(match f {
-            Ok(f) => db_check(&d.id, &f),
-            Err(e) => Check::aws_error(format!("database {}", d.id), &e),
-        });
+    // Hosts without an EC2 instance (a static inventory) have no CloudWatch figures: their
+    // live figures stand on their own.
+    for a in live.iter().filter(|a| a.instance_id.is_none()) {
+        report.checks.push(live_host_check(a));
     }
     report.checks.push(match ctx.agents_unavailable(AGENTS) {
         Some(skip) => skip,
@@ -264,34 +283,126 @@ pub fn agents_check(live: &[HostAnswer<Live>]) -> Check {
     Check::new(AGENTS, status, summary).details(silent)
 }
 
-async fn stats(ctx: &Context, ns: &str, metric: &str, dims: &BTreeMap<String, String>, start: chrono::DateTime<Utc>, end: chrono::DateTime<Utc>, period: i32) -> Result<Summary, AwsError> {
-    let q = StatsQuery { namespace: ns, metric, dimensions: dims, start, end, period_secs: period };
-    Ok(summarize(&cloudwatch::metric_statistics(&ctx.aws.cloudwatch, &q).await?))
-}
-
-async fn instance_figures(ctx: &Context, i: &Instance, start: chrono::DateTime<Utc>, end: chrono::DateTime<Utc>, period: i32) -> Result<InstanceFigures, AwsError> {
-    let dims = BTreeMap::from([("InstanceId".to_string(), i.id.clone())]);
-    let (cpu, memory, network_in, disk_metrics) = tokio::join!(
-        stats(ctx, "AWS/EC2", "CPUUtilization", &dims, start, end, period),
-        stats(ctx, "CWAgent", "mem_used_percent", &dims, start, end, period),
-        stats(ctx, "AWS/EC2", "NetworkIn", &dims, start, end, period),
-        cloudwatch::list_metrics(&ctx.aws.cloudwatch, "CWAgent", "disk_used_percent", &dims),
-    );
-    let mut disks = Vec::new();
-    for m in disk_metrics? {
-        let label = m.dimensions.get("path").or_else(|| m.dimensions.get("device")).cloned().unwrap_or_else(|| "disk".into());
-        disks.push((label, stats(ctx, "CWAgent", "disk_used_percent", &m.dimensions, start, end, period).await?));
+/// The summary of one series' values (GetMetricData gives one value per period and
+/// statistic): the mean of the period averages, the largest maximum, the total. Pure.
+pub fn summary_of(avg: &[f64], max: &[f64], sum: &[f64]) -> Summary {
+    let finite = |v: &[f64]| v.iter().copied().filter(|x| x.is_finite()).collect::<Vec<f64>>();
+    let (avg, max, sum) = (finite(avg), finite(max), finite(sum));
+    Summary {
+        average: (!avg.is_empty()).then(|| avg.iter().sum::<f64>() / avg.len() as f64),
+        maximum: max.iter().copied().fold(None, |acc: Option<f64>, x| Some(acc.map_or(x, |a| a.max(x)))),
+        sum: (!sum.is_empty()).then(|| sum.iter().sum()),
+        datapoints: avg.len().max(max.len()).max(sum.len()),
     }
-    Ok(InstanceFigures { cpu: cpu?, memory: memory?, disks, network_in: network_in? })
 }
 
-async fn db_figures(ctx: &Context, id: &str, start: chrono::DateTime<Utc>, end: chrono::DateTime<Utc>, period: i32) -> Result<DbFigures, AwsError> {
-    let dims = BTreeMap::from([("DBInstanceIdentifier".to_string(), id.to_string())]);
-    let (cpu, connections) = tokio::join!(
-        stats(ctx, "AWS/RDS", "CPUUtilization", &dims, start, end, period),
-        stats(ctx, "AWS/RDS", "DatabaseConnections", &dims, start, end, period),
-    );
-    Ok(DbFigures { cpu: cpu?, connections: connections? })
+/// The CloudWatch-agent metrics of `name` per instance, found with ListMetrics over the
+/// whole namespace so that whatever extra dimensions the agent appends (image, type,
+/// device, path) are kept: one call per metric name, not one per instance.
+async fn agent_metrics(ctx: &Context, name: &'static str) -> Result<BTreeMap<String, Vec<Metric>>, AwsError> {
+    let all = ctx.bounded("CloudWatch", "ListMetrics", cloudwatch::list_metrics(&ctx.aws.cloudwatch, "CWAgent", name, &BTreeMap::new())).await?;
+    let mut by_instance: BTreeMap<String, Vec<Metric>> = BTreeMap::new();
+    for m in all {
+        if let Some(id) = m.dimensions.get("InstanceId").cloned() {
+            by_instance.entry(id).or_default().push(m);
+        }
+    }
+    Ok(by_instance)
+}
+
+/// Every instance's and database's figures from one batch of GetMetricData calls.
+async fn fetch_figures(
+    ctx: &Context,
+    instances: &[Instance],
+    dbs: &[DbInstance],
+    start: chrono::DateTime<Utc>,
+    end: chrono::DateTime<Utc>,
+    period: i32,
+) -> Result<(Vec<InstanceFigures>, Vec<DbFigures>), AwsError> {
+    if instances.is_empty() && dbs.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let (memory, disks) = if instances.is_empty() {
+        (BTreeMap::new(), BTreeMap::new())
+    } else {
+        let (m, d) = tokio::join!(agent_metrics(ctx, "mem_used_percent"), agent_metrics(ctx, "disk_used_percent"));
+        (m?, d?)
+    };
+    let mut series: Vec<SeriesQuery> = Vec::new();
+    let mut ask = |metric: Metric, stats: &[&'static str]| -> Vec<usize> {
+        stats
+            .iter()
+            .map(|stat| {
+                series.push(SeriesQuery { metric: metric.clone(), stat });
+                series.len() - 1
+            })
+            .collect()
+    };
+    let metric = |ns: &str, name: &str, dims: BTreeMap<String, String>| Metric { namespace: ns.into(), name: name.into(), dimensions: dims };
+    // Per instance: (cpu [avg, max], memory [(avg, max)], disks [(label, avg, max)], network [sum]).
+    type Plan = (Vec<usize>, Vec<Vec<usize>>, Vec<(String, Vec<usize>)>, Vec<usize>);
+    let mut plans: Vec<Plan> = Vec::new();
+    for i in instances {
+        let id = BTreeMap::from([("InstanceId".to_string(), i.id.clone())]);
+        let cpu = ask(metric("AWS/EC2", "CPUUtilization", id.clone()), &["Average", "Maximum"]);
+        let mem = memory.get(&i.id).into_iter().flatten().map(|m| ask(m.clone(), &["Average", "Maximum"])).collect();
+        let dsk = disks
+            .get(&i.id)
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                let label = m.dimensions.get("path").or_else(|| m.dimensions.get("device")).cloned().unwrap_or_else(|| "disk".into());
+                (label, ask(m.clone(), &["Average", "Maximum"]))
+            })
+            .collect();
+        let net = ask(metric("AWS/EC2", "NetworkIn", id), &["Sum"]);
+        plans.push((cpu, mem, dsk, net));
+    }
+    let mut db_plans = Vec::new();
+    for d in dbs {
+        let id = BTreeMap::from([("DBInstanceIdentifier".to_string(), d.id.clone())]);
+        db_plans.push((
+            ask(metric("AWS/RDS", "CPUUtilization", id.clone()), &["Average", "Maximum"]),
+            ask(metric("AWS/RDS", "DatabaseConnections", id), &["Average", "Maximum"]),
+        ));
+    }
+    let (values, _calls) = ctx.bounded("CloudWatch", "GetMetricData", cloudwatch::metric_data(&ctx.aws.cloudwatch, &series, start, end, period)).await?;
+    let none: Vec<f64> = Vec::new();
+    let v = |i: usize| values.get(i).unwrap_or(&none).as_slice();
+    let pair = |ix: &[usize]| summary_of(v(ix[0]), v(ix[1]), &[]);
+    let inst = plans
+        .iter()
+        .map(|(cpu, mem, dsk, net)| {
+            // Several memory series (extra dimensions): the busiest one speaks for the host.
+            let memory = mem.iter().map(|ix| pair(ix)).max_by(|a, b| a.datapoints.cmp(&b.datapoints)).unwrap_or_default();
+            InstanceFigures {
+                cpu: pair(cpu),
+                memory,
+                memory_listed: !mem.is_empty(),
+                disks: dsk.iter().map(|(label, ix)| (label.clone(), pair(ix))).collect(),
+                network_in: summary_of(&[], &[], v(net[0])),
+            }
+        })
+        .collect();
+    let dbf = db_plans.iter().map(|(cpu, conns)| DbFigures { cpu: pair(cpu), connections: pair(conns) }).collect();
+    Ok((inst, dbf))
+}
+
+/// A host with no EC2 instance behind it: its agent's live figures, or why there are none.
+/// Pure.
+pub fn live_host_check(a: &HostAnswer<Live>) -> Check {
+    let name = format!("host {}", a.host);
+    match &a.answer {
+        Ok(l) => {
+            let fs: Vec<String> = l.filesystems.iter().map(|(m, p)| format!("{m} {p:.1}%")).collect();
+            let disk_max = l.filesystems.iter().map(|(_, p)| *p).fold(None, |acc: Option<f64>, x| Some(acc.map_or(x, |a| a.max(x))));
+            let status = level(Some(l.memory_used_percent), USE_WARN, USE_FAIL).max(level(disk_max, USE_WARN, USE_FAIL));
+            Check::new(name, status, format!("live (agent): cpu {:.1}%, memory {:.1}%, disk max {}", l.cpu_percent, l.memory_used_percent, pct(disk_max)))
+                .details(vec![format!("live (agent): disks {}", fs.join(", ")), "no CloudWatch figures: not an EC2 instance of the fleet".into()])
+                .data(json!({ "live": l }))
+        }
+        Err(why) => Check::fail(name, format!("agent unreachable: {why}")),
+    }
 }
 
 #[cfg(test)]
@@ -325,6 +436,7 @@ mod tests {
         let f = |cpu_avg: f64, cpu_max: f64, mem: f64| InstanceFigures {
             cpu: summarize(&[dp(cpu_avg, cpu_max, 1.0)]),
             memory: summarize(&[dp(mem, mem, 1.0)]),
+            memory_listed: true,
             disks: vec![],
             network_in: Summary::default(),
         };
@@ -337,6 +449,12 @@ mod tests {
         assert_eq!(c.status, Status::Warn);
         assert!(c.summary.contains("cpu avg no data"), "{}", c.summary);
         assert!(c.details.iter().any(|d| d.contains("unreachable: connection refused")));
+        let listed_but_silent = InstanceFigures { cpu: f(20.0, 50.0, 40.0).cpu, memory_listed: true, ..InstanceFigures::default() };
+        let c = instance_check("i", &listed_but_silent, None);
+        assert_eq!(c.status, Status::Warn, "a memory metric with no data is not ok");
+        assert!(c.details.iter().any(|d| d.contains("mem_used_percent exists but has no data")), "{:?}", c.details);
+        let s = summary_of(&[20.0, 40.0], &[30.0, 55.0], &[]);
+        assert_eq!((s.average, s.maximum, s.sum, s.datapoints), (Some(30.0), Some(55.0), None, 2));
     }
 
     #[test]

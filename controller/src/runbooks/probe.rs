@@ -2,18 +2,23 @@
 //! (what `curl -w %{http_code}` was used for) and a TLS handshake that reads the server
 //! certificate's validity (what `openssl s_client | openssl x509 -dates` was used for).
 //!
-//! The TLS probes accept any certificate on purpose: they inspect, they do not trust.
-//! An expired or self-signed certificate must still be read to be reported; the
-//! handshake signature is still verified, and no data but a GET is ever sent.
+//! The TLS probes complete the handshake whatever the certificate, on purpose: an expired,
+//! self-signed or wrong-name certificate must still be read to be reported. The chain and
+//! the name are verified all the same (against the system's trust store plus
+//! `[runbooks] tls_ca_file`), and a failure is part of the answer (`CertInfo::trust_error`),
+//! never silently accepted. The handshake signature is verified, and no data but a GET is
+//! ever sent.
 
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::client::WebPkiServerVerifier;
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -37,6 +42,8 @@ pub enum ProbeError {
     Protocol { addr: String, reason: String },
     #[error("certificate of {addr} cannot be read: {reason}")]
     Certificate { addr: String, reason: String },
+    #[error("no answer before the run's deadline")]
+    Deadline,
 }
 
 /// The parts of an http(s) URL the probe needs.
@@ -126,7 +133,7 @@ pub async fn http_status(url: &str, timeout: Duration) -> Result<u16, ProbeError
             env!("CARGO_PKG_VERSION")
         );
         if u.tls {
-            let (mut tls, _) = handshake(tcp, &addr, &u.host).await?;
+            let (mut tls, _, _) = handshake(tcp, &addr, &u.host, None).await?;
             exchange(&mut tls, &request, &addr).await
         } else {
             let mut tcp = tcp;
@@ -175,15 +182,45 @@ pub struct CertInfo {
     pub issuer: String,
     pub not_before: DateTime<Utc>,
     pub not_after: DateTime<Utc>,
+    /// Why the chain or the name did not verify (None: trusted, valid for the name).
+    /// Expiry is left to the dates, which are reported on their own.
+    pub trust_error: Option<String>,
+}
+
+/// The anchors a probed certificate must chain to: the operating system's trust store
+/// and, when given, the PEM certificates in `extra` (a private CA).
+pub fn trust_roots(extra: Option<&Path>) -> Result<Arc<RootCertStore>, String> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = extra {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read tls_ca_file {}: {e}", path.display()))?;
+        let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("tls_ca_file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("tls_ca_file {}: no certificate in it", path.display()));
+        }
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(format!("tls_ca_file {}: no usable CA certificate", path.display()));
+        }
+    }
+    if roots.is_empty() {
+        return Err("no trust anchors: the system store is empty (install ca-certificates) and no [runbooks] tls_ca_file is set".into());
+    }
+    Ok(Arc::new(roots))
 }
 
 /// Connects to `endpoint` (host:port), sends `server_name` in the handshake and reads
 /// the server certificate's validity.
-pub async fn fetch_certificate(endpoint: &str, server_name: &str, timeout: Duration) -> Result<CertInfo, ProbeError> {
+pub async fn fetch_certificate(endpoint: &str, server_name: &str, roots: Arc<RootCertStore>, timeout: Duration) -> Result<CertInfo, ProbeError> {
     let work = async {
         let tcp = connect(endpoint, timeout).await?;
-        let (_, der) = handshake(tcp, endpoint, server_name).await?;
-        parse_certificate(&der).map_err(|reason| ProbeError::Certificate { addr: endpoint.to_string(), reason })
+        let (_, der, trust_error) = handshake(tcp, endpoint, server_name, Some(roots)).await?;
+        let mut info = parse_certificate(&der).map_err(|reason| ProbeError::Certificate { addr: endpoint.to_string(), reason })?;
+        info.trust_error = trust_error;
+        Ok(info)
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
@@ -201,22 +238,27 @@ pub fn parse_certificate(der: &[u8]) -> Result<CertInfo, String> {
         issuer: cert.issuer().to_string(),
         not_before: at(v.not_before.timestamp())?,
         not_after: at(v.not_after.timestamp())?,
+        trust_error: None,
     })
 }
 
+/// The TLS handshake; with `roots`, the chain and name verdict comes back beside the
+/// stream and the certificate (None: verified).
 async fn handshake(
     tcp: TcpStream,
     addr: &str,
     server_name: &str,
-) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>), ProbeError> {
+    roots: Option<Arc<RootCertStore>>,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>, Option<String>), ProbeError> {
     let tls_err = |reason: String| ProbeError::Tls { addr: addr.to_string(), reason };
     let name = ServerName::try_from(server_name.to_string()).map_err(|e| tls_err(format!("server name {server_name:?}: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let inspect = Arc::new(InspectOnly::new(provider.clone(), roots).map_err(tls_err)?);
     let config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(InspectOnly(provider)))
+        .with_custom_certificate_verifier(inspect.clone())
         .with_no_client_auth();
     let stream = TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| tls_err(e.to_string()))?;
     let der = stream
@@ -226,23 +268,59 @@ async fn handshake(
         .and_then(|c| c.first())
         .map(|c| c.as_ref().to_vec())
         .ok_or_else(|| tls_err("the server sent no certificate".into()))?;
-    Ok((stream, der))
+    let trust_error = inspect.verdict.lock().ok().and_then(|v| v.clone());
+    Ok((stream, der, trust_error))
 }
 
-/// Accepts any certificate chain so that it can be inspected (see the module comment);
-/// the handshake signatures are still checked against the presented key.
+/// Completes the handshake whatever the chain so that the certificate can be inspected
+/// (see the module comment), and records what the real verification said; the
+/// handshake signatures are still checked against the presented key.
 #[derive(Debug)]
-struct InspectOnly(Arc<CryptoProvider>);
+struct InspectOnly {
+    provider: Arc<CryptoProvider>,
+    verifier: Option<Arc<WebPkiServerVerifier>>,
+    verdict: Mutex<Option<String>>,
+}
+
+impl InspectOnly {
+    fn new(provider: Arc<CryptoProvider>, roots: Option<Arc<RootCertStore>>) -> Result<InspectOnly, String> {
+        let verifier = match roots {
+            Some(r) => Some(WebPkiServerVerifier::builder_with_provider(r, provider.clone()).build().map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Ok(InspectOnly { provider, verifier, verdict: Mutex::new(None) })
+    }
+}
+
+/// Names a verification failure for a person; expiry is not one (the dates say it).
+fn trust_failure(e: &rustls::Error, server_name: &ServerName<'_>) -> Option<String> {
+    match e {
+        rustls::Error::InvalidCertificate(CertificateError::Expired | CertificateError::NotValidYet) => None,
+        rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. } | CertificateError::NotValidYetContext { .. }) => None,
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => Some("untrusted: issued by an unknown CA (not in the trust store or tls_ca_file)".into()),
+        rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => {
+            Some(format!("wrong name: the certificate is not valid for {}", server_name.to_str()))
+        }
+        other => Some(format!("untrusted: {other}")),
+    }
+}
 
 impl ServerCertVerifier for InspectOnly {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(v) = &self.verifier {
+            if let Err(e) = v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+                if let Ok(mut slot) = self.verdict.lock() {
+                    *slot = trust_failure(&e, server_name);
+                }
+            }
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -252,7 +330,7 @@ impl ServerCertVerifier for InspectOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -261,11 +339,11 @@ impl ServerCertVerifier for InspectOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

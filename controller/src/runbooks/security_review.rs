@@ -4,6 +4,8 @@
 //! JSON filter), TLS certificate expiry of each host's HTTPS endpoint, listening ports
 //! from the agents in place of `nmap`, and compliance checks. Read-only.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
@@ -16,8 +18,9 @@ use super::config::{expand, TemplateVars};
 use super::probe::{self, CertInfo};
 use super::report::{Check, Report, Status};
 use super::Context;
+use crate::aws::cloudtrail::{self, Trail};
 use crate::aws::ec2::{self, SecurityGroup, Volume};
-use crate::aws::iam::{self, IamUser};
+use crate::aws::iam::{self, CredentialRow};
 use crate::aws::logs::{self, LogQuery};
 use crate::aws::rds::{self, DbInstance};
 use crate::aws::AwsError;
@@ -52,6 +55,7 @@ pub const C_RDS_PRIVATE: &str = "compliance: rds not publicly accessible";
 pub const C_RDS_RETENTION: &str = "compliance: rds backup retention";
 pub const C_EBS_ENCRYPTED: &str = "compliance: ebs volumes encrypted";
 pub const C_TRAIL_GROUP: &str = "compliance: cloudtrail log group";
+pub const C_TRAIL: &str = "compliance: cloudtrail trail";
 
 /// Runs the security review.
 pub async fn run(ctx: &Context) -> Report {
@@ -60,23 +64,24 @@ pub async fn run(ctx: &Context) -> Report {
     let since = now - Duration::days(WINDOW_DAYS);
     let rb = &ctx.runbooks;
     let auth_q = LogQuery { group: &rb.auth_log_group, start: since, end: now, pattern: Some(&rb.failed_login_pattern), page_limit: rb.log_page_limit };
-    let (users, groups, logins, trail, instances, dbs, volumes, trail_group) = tokio::join!(
-        iam::list_users(&ctx.aws.iam),
-        ec2::describe_security_groups(&ctx.aws.ec2),
-        logs::count_events(&ctx.aws.logs, &auth_q),
-        cloudtrail_denials(ctx, since),
+    let (users, groups, logins, trail, instances, dbs, volumes, trail_group, trail_status) = tokio::join!(
+        ctx.bounded("IAM", "GetCredentialReport", iam::credential_report(&ctx.aws.iam)),
+        ctx.bounded("EC2", "DescribeSecurityGroups", ec2::describe_security_groups(&ctx.aws.ec2)),
+        ctx.bounded("CloudWatch Logs", "FilterLogEvents", logs::count_events(&ctx.aws.logs, &auth_q)),
+        ctx.bounded("CloudWatch Logs", "FilterLogEvents", cloudtrail_denials(ctx, since)),
         ctx.tagged_instances(),
-        rds::describe_db_instances(&ctx.aws.rds),
-        ec2::describe_volumes(&ctx.aws.ec2),
-        logs::log_group_exists(&ctx.aws.logs, &rb.cloudtrail_log_group),
+        ctx.bounded("RDS", "DescribeDBInstances", rds::describe_db_instances(&ctx.aws.rds)),
+        ctx.bounded("EC2", "DescribeVolumes", ec2::describe_volumes(&ctx.aws.ec2)),
+        ctx.bounded("CloudWatch Logs", "DescribeLogGroups", logs::log_group_exists(&ctx.aws.logs, &rb.cloudtrail_log_group)),
+        ctx.bounded("CloudTrail", "DescribeTrails", cloudtrail::trail(&ctx.aws.cloudtrail, &rb.trail_name)),
     );
     let hosts = ctx.agent_hosts(instances.as_deref().unwrap_or_default());
     let tls_fut = tls_probes(ctx, instances.as_deref().unwrap_or_default());
     let agents_fut = async {
         match &ctx.dialer {
             Some(d) => Some(tokio::join!(
-                agents::auth_failures(d, &hosts, since),
-                agents::live(d, &hosts)
+                agents::auth_failures(d, &hosts, since, ctx.deadline),
+                agents::live(d, &hosts, ctx.deadline)
             )),
             None => None,
         }
@@ -101,7 +106,8 @@ pub async fn run(ctx: &Context) -> Report {
         }
         (None, Some((auth, live))) => {
             c.push(with_unreachable_policy(agent_auth_check(AGENT_LOGINS, auth, rb.failed_login_threshold), auth, rb.unreachable));
-            c.push(with_unreachable_policy(ports_check(live), live, rb.unreachable));
+            let exposure = Exposure::new(instances.as_deref().unwrap_or_default(), groups.as_deref().unwrap_or_default(), groups.is_ok());
+            c.push(with_unreachable_policy(ports_check(live, &exposure), live, rb.unreachable));
         }
         (None, None) => {}
     }
@@ -124,6 +130,10 @@ pub async fn run(ctx: &Context) -> Report {
         Ok(false) => Check::fail(C_TRAIL_GROUP, format!("{} does not exist: API activity is not audited", rb.cloudtrail_log_group)),
         Err(e) => Check::aws_error(C_TRAIL_GROUP, e),
     });
+    c.push(match &trail_status {
+        Ok(t) => trail_check(&rb.trail_name, t.as_ref(), now, rb.trail_max_delivery_age),
+        Err(e) => Check::aws_error(C_TRAIL, e),
+    });
     report.action_items = report
         .checks
         .iter()
@@ -134,29 +144,60 @@ pub async fn run(ctx: &Context) -> Report {
     report
 }
 
-/// Users whose password was never used or not for `STALE_DAYS` warn. Pure.
-pub fn users_check(users: &[IamUser], now: DateTime<Utc>) -> Check {
-    let mut stale = 0;
-    let details = users
-        .iter()
-        .map(|u| {
-            let created = u.created.map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_else(|| "-".into());
-            let used = match u.password_last_used {
-                None => {
-                    stale += 1;
-                    "password never used".to_string()
-                }
-                Some(t) if now - t > Duration::days(STALE_DAYS) => {
-                    stale += 1;
-                    format!("password last used {} ({} days ago)", t.format("%Y-%m-%d"), (now - t).num_days())
-                }
-                Some(t) => format!("password last used {}", t.format("%Y-%m-%d")),
-            };
-            format!("{}  created {created}  {used}", u.name)
-        })
-        .collect();
-    let status = if stale > 0 { Status::Warn } else { Status::Ok };
-    Check::new(IAM_USERS, status, format!("{} users, {stale} never or not in {STALE_DAYS} days signed in", users.len())).details(details)
+/// The credential report weighed user by user: a console password without MFA fails; root
+/// used (password or keys) within the stale window, or holding an active access key, fails;
+/// a password or an active key unused for `STALE_DAYS`, and a key not rotated for
+/// `STALE_DAYS`, warns. A user with neither password nor keys is fine. Pure.
+pub fn users_check(rows: &[CredentialRow], now: DateTime<Utc>) -> Check {
+    let stale = |t: Option<DateTime<Utc>>| t.is_none_or(|t| now - t > Duration::days(STALE_DAYS));
+    let day = |t: Option<DateTime<Utc>>| t.map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_else(|| "never".into());
+    let mut status = Status::Ok;
+    let mut details = Vec::new();
+    let (mut failing, mut warning) = (0, 0);
+    for r in rows {
+        let mut findings: Vec<(Status, String)> = Vec::new();
+        if r.is_root() {
+            if !stale(r.password_last_used) {
+                findings.push((Status::Fail, format!("root signed in {} (use IAM users or roles)", day(r.password_last_used))));
+            }
+            if !r.active_keys.is_empty() {
+                findings.push((Status::Fail, format!("root has {} active access key(s)", r.active_keys.len())));
+            }
+            if !r.mfa_active {
+                findings.push((Status::Fail, "root has no MFA".into()));
+            }
+        } else {
+            if r.password_enabled && !r.mfa_active {
+                findings.push((Status::Fail, "console password without MFA".into()));
+            }
+            if r.password_enabled && stale(r.password_last_used) {
+                findings.push((Status::Warn, format!("password last used {} (disable it)", day(r.password_last_used))));
+            }
+        }
+        for (i, (rotated, used)) in r.active_keys.iter().enumerate() {
+            if stale(*rotated) {
+                findings.push((Status::Warn, format!("access key {} not rotated since {}", i + 1, day(*rotated))));
+            }
+            if stale(*used) && !r.is_root() {
+                findings.push((Status::Warn, format!("access key {} last used {}", i + 1, day(*used))));
+            }
+        }
+        let worst = findings.iter().map(|(s, _)| *s).max().unwrap_or(Status::Ok);
+        match worst {
+            Status::Fail => failing += 1,
+            Status::Warn => warning += 1,
+            _ => {}
+        }
+        status = status.max(worst);
+        let what = if findings.is_empty() {
+            format!("password {}, MFA {}, {} active key(s)", if r.password_enabled { "on" } else { "off" }, if r.mfa_active { "on" } else { "off" }, r.active_keys.len())
+        } else {
+            findings.iter().map(|(s, f)| format!("{}: {f}", s.label())).collect::<Vec<_>>().join("; ")
+        };
+        details.push(format!("{}  {what}", r.user));
+    }
+    let summary = format!("{} principals in the credential report: {failing} failing, {warning} warning", rows.len());
+    Check::new(IAM_USERS, status, summary).details(details).data(json!(rows))
 }
 
 /// An inbound rule open to 0.0.0.0/0 or ::/0.
@@ -325,11 +366,22 @@ pub struct TlsProbe {
 async fn tls_probes(ctx: &Context, instances: &[crate::aws::ec2::Instance]) -> Vec<TlsProbe> {
     let rb = &ctx.runbooks;
     let targets: Vec<(String, Result<String, String>)> = match ctx.fleet.source {
-        FleetSource::Ec2 => instances
-            .iter()
-            .filter(|i| i.state == "running")
-            .map(|i| (instance_label(i), aws_fleet::tls_endpoint(i, rb, "")))
-            .collect(),
+        FleetSource::Ec2 => {
+            // `{host}` is the address discovery resolved for the instance's agent.
+            let hosts = ctx.agent_hosts(instances);
+            instances
+                .iter()
+                .filter(|i| i.state == "running")
+                .map(|i| {
+                    let agent_host = hosts
+                        .iter()
+                        .find(|h| h.instance_id.as_deref() == Some(i.id.as_str()))
+                        .map(|h| ops_proto::tls::host_part(&h.address))
+                        .unwrap_or_default();
+                    (instance_label(i), aws_fleet::tls_endpoint(i, rb, agent_host))
+                })
+                .collect()
+        }
         FleetSource::Static => ctx
             .agent_hosts(&[])
             .into_iter()
@@ -342,11 +394,19 @@ async fn tls_probes(ctx: &Context, instances: &[crate::aws::ec2::Instance]) -> V
     };
     let (server_name, timeout) = (rb.tls_server_name.as_str(), rb.http_timeout);
     let local_emulator = ctx.aws.local_emulator;
+    let roots = probe::trust_roots(rb.tls_ca_file.as_deref());
+    let roots = &roots;
     stream::iter(targets)
         .map(|(host, endpoint)| async move {
             let cert = match &endpoint {
                 Ok(ep) if !crate::aws::may_contact(local_emulator, ops_proto::tls::host_part(ep)) => Some(Err(crate::aws::NOT_CONTACTED.to_string())),
-                Ok(ep) => Some(probe::fetch_certificate(ep, server_name, timeout).await.map_err(|e| e.to_string())),
+                Ok(ep) => Some(match roots {
+                    Ok(roots) => tokio::time::timeout_at(ctx.deadline, probe::fetch_certificate(ep, server_name, roots.clone(), timeout))
+                        .await
+                        .unwrap_or_else(|_| Err(probe::ProbeError::Deadline))
+                        .map_err(|e| e.to_string()),
+                    Err(why) => Err(format!("not probed: {why}")),
+                }),
                 Err(_) => None,
             };
             TlsProbe { host, endpoint, cert }
@@ -375,35 +435,87 @@ pub fn tls_check(probes: &[TlsProbe], now: DateTime<Utc>) -> Check {
     }
     let mut status = Status::Ok;
     let mut details = Vec::new();
-    let (mut expiring, mut unreachable) = (0, 0);
+    let (mut expiring, mut unreachable, mut untrusted) = (0, 0, 0);
     for p in probes {
         match (&p.endpoint, &p.cert) {
             (Ok(ep), Some(Ok(c))) => {
-                let s = cert_status(c.not_after, now);
+                let mut s = cert_status(c.not_after, now);
                 if s != Status::Ok {
                     expiring += 1;
+                }
+                if c.trust_error.is_some() {
+                    untrusted += 1;
+                    s = Status::Fail;
                 }
                 status = status.max(s);
                 let days = (c.not_after - now).num_days();
                 let when = if c.not_after < now { format!("EXPIRED {} days ago", -days) } else { format!("expires in {days} days") };
-                details.push(format!("{}  {ep}  {}  {when} ({})  subject {}", s.label(), p.host, c.not_after.format("%Y-%m-%d %H:%M UTC"), c.subject));
+                let trust = c.trust_error.as_ref().map(|t| format!("  {t}")).unwrap_or_default();
+                details.push(format!("{}  {ep}  {}  {when} ({})  subject {}{trust}", s.label(), p.host, c.not_after.format("%Y-%m-%d %H:%M UTC"), c.subject));
             }
             (Ok(ep), Some(Err(why))) => {
+                // A certificate that could not be read was not checked: never ok.
                 unreachable += 1;
-                status = status.max(Status::Warn);
-                details.push(format!("WARN  {ep}  {}  unreachable: {why}", p.host));
+                status = Status::Fail;
+                details.push(format!("FAIL  {ep}  {}  unreachable: {why}", p.host));
             }
             (Ok(ep), None) => details.push(format!("skipped  {ep}  {}", p.host)),
             (Err(why), _) => details.push(format!("skipped  {}  no HTTPS endpoint: {why}", p.host)),
         }
     }
-    let summary = format!("{} endpoints: {expiring} expiring within {CERT_WARN_DAYS} days or expired, {unreachable} unreachable", probes.len());
+    let summary = format!(
+        "{} endpoints: {expiring} expiring within {CERT_WARN_DAYS} days or expired, {untrusted} untrusted or wrong name, {unreachable} not probed",
+        probes.len()
+    );
     Check::new(TLS, status, summary).details(details)
 }
 
-/// Listening sockets per host (what `nmap` was run for); a database port listening on
-/// every interface warns, as does a host whose agent did not answer. Pure.
-pub fn ports_check(live: &[HostAnswer<Live>]) -> Check {
+/// What the security groups open to the whole internet, per instance: the facts the
+/// listening-ports check weighs each socket against.
+#[derive(Debug, Clone, Default)]
+pub struct Exposure {
+    /// instance id -> its world-open rules (group id, protocol, from, to).
+    open: BTreeMap<String, Vec<(String, String, Option<i32>, Option<i32>)>>,
+    /// The groups could be read: without them exposure is unknown, never assumed safe.
+    known: bool,
+}
+
+impl Exposure {
+    pub fn new(instances: &[crate::aws::ec2::Instance], groups: &[SecurityGroup], known: bool) -> Exposure {
+        let mut open = BTreeMap::new();
+        for i in instances {
+            let rules = groups
+                .iter()
+                .filter(|g| i.security_group_ids.contains(&g.id))
+                .flat_map(|g| {
+                    g.ingress
+                        .iter()
+                        .filter(|r| r.cidrs_v4.iter().any(|c| c == "0.0.0.0/0") || r.cidrs_v6.iter().any(|c| c == "::/0"))
+                        .map(|r| (g.id.clone(), r.protocol.clone(), r.from_port, r.to_port))
+                })
+                .collect();
+            open.insert(i.id.clone(), rules);
+        }
+        Exposure { open, known }
+    }
+
+    /// The group that opens this TCP port of this instance to the world, if any.
+    fn opened_by(&self, instance: &str, port: u32) -> Option<&str> {
+        let port = i32::try_from(port).ok()?;
+        self.open.get(instance)?.iter().find(|(_, proto, from, to)| covers(*from, *to, proto, port)).map(|(g, ..)| g.as_str())
+    }
+}
+
+fn is_loopback(address: &str) -> bool {
+    address.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+}
+
+/// Listening sockets per host (what `nmap` was run for), weighed against the instance's
+/// security groups: a TCP port the host listens on beyond loopback that a group opens to
+/// the whole internet fails (SSH on 22 among them); a database port on every interface
+/// warns; a host whose groups could not be read warns that exposure is unknown; a host
+/// whose agent did not answer is named. Pure.
+pub fn ports_check(live: &[HostAnswer<Live>], exposure: &Exposure) -> Check {
     if live.is_empty() {
         return Check::skipped(PORTS, "no hosts to ask");
     }
@@ -427,6 +539,31 @@ pub fn ports_check(live: &[HostAnswer<Live>]) -> Check {
                     status = status.max(Status::Warn);
                 }
                 details.push(format!("{}: {}{}", a.host, if ports.is_empty() { "none".into() } else { ports.join(", ") }, if exposed_db { "  (database port on every interface)" } else { "" }));
+                match a.instance_id.as_deref() {
+                    Some(id) if exposure.known => {
+                        let mut exposed: Vec<String> = l
+                            .listening
+                            .iter()
+                            .filter(|s| s.protocol.starts_with("tcp") && !is_loopback(&s.address))
+                            .filter_map(|s| {
+                                let g = exposure.opened_by(id, s.port)?;
+                                let what = if s.port == 22 { " (SSH)".to_string() } else if s.process.is_empty() { String::new() } else { format!(" ({})", s.process) };
+                                Some(format!("  FAIL  {}:{}{what} listens and {g} opens it to the internet", s.address, s.port))
+                            })
+                            .collect();
+                        exposed.sort();
+                        exposed.dedup();
+                        if !exposed.is_empty() {
+                            status = Status::Fail;
+                        }
+                        details.extend(exposed);
+                    }
+                    Some(_) => {
+                        status = status.max(Status::Warn);
+                        details.push("  WARN  security groups could not be read: exposure unknown".into());
+                    }
+                    None => details.push("  (static host: no security groups to weigh the ports against)".into()),
+                }
             }
             Err(why) => {
                 status = status.max(Status::Warn);
@@ -436,6 +573,44 @@ pub fn ports_check(live: &[HostAnswer<Live>]) -> Check {
     }
     let answered = live.iter().filter(|a| a.answer.is_ok()).count();
     Check::new(PORTS, status, format!("{answered} of {} agents answered", live.len())).details(details)
+}
+
+/// The trail exists, is logging, covers every region, validates its log files and has
+/// delivered within `max_age`: each shortfall is named, any one fails. Pure.
+pub fn trail_check(name: &str, trail: Option<&Trail>, now: DateTime<Utc>, max_age: std::time::Duration) -> Check {
+    let Some(t) = trail else {
+        return Check::fail(C_TRAIL, format!("trail {name} does not exist: API activity is not recorded"));
+    };
+    let mut problems = Vec::new();
+    if !t.is_logging {
+        problems.push("is not logging (stopped)".to_string());
+    }
+    if !t.multi_region {
+        problems.push("covers one region only (not multi-region)".to_string());
+    }
+    if !t.log_file_validation {
+        problems.push("does not validate its log files (log-file validation off)".to_string());
+    }
+    let max_age_chrono = Duration::from_std(max_age).unwrap_or(Duration::MAX);
+    match t.latest_delivery {
+        None => problems.push("has never delivered log files".to_string()),
+        Some(at) if now - at > max_age_chrono => problems.push(format!(
+            "last delivered log files {} ago (limit {})",
+            humantime::format_duration(std::time::Duration::from_secs(u64::try_from((now - at).num_seconds()).unwrap_or(0))),
+            humantime::format_duration(max_age)
+        )),
+        Some(_) => {}
+    }
+    if let Some(e) = &t.latest_delivery_error {
+        problems.push(format!("reports a delivery error: {e}"));
+    }
+    let data = json!(t);
+    if problems.is_empty() {
+        let at = t.latest_delivery.map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_default();
+        Check::ok(C_TRAIL, format!("{} is logging, multi-region, validated; last delivery {at}", t.name)).data(data)
+    } else {
+        Check::fail(C_TRAIL, format!("trail {} {}", t.name, problems.join("; "))).details(problems).data(data)
+    }
 }
 
 /// Storage encrypted, not public, retention at least 7 days: one check each. Pure.
@@ -517,18 +692,44 @@ mod tests {
         assert_eq!(cert_status(now - Duration::days(1), now), Status::Fail);
         let unreachable = TlsProbe { host: "web".into(), endpoint: Ok("127.0.0.1:1".into()), cert: Some(Err("connection refused".into())) };
         let c = tls_check(&[unreachable], now);
-        assert_eq!(c.status, Status::Warn);
+        assert_eq!(c.status, Status::Fail, "a certificate that could not be read was not checked");
         assert!(c.details[0].contains("unreachable: connection refused"));
+        let cert = |trust_error: Option<&str>| CertInfo {
+            subject: "CN=web".into(),
+            issuer: "CN=ca".into(),
+            not_before: now - Duration::days(1),
+            not_after: now + Duration::days(90),
+            trust_error: trust_error.map(str::to_string),
+        };
+        let probe = |c: CertInfo| TlsProbe { host: "web".into(), endpoint: Ok("127.0.0.1:443".into()), cert: Some(Ok(c)) };
+        assert_eq!(tls_check(&[probe(cert(None))], now).status, Status::Ok);
+        let wrong = tls_check(&[probe(cert(Some("wrong name: the certificate is not valid for techhealth.com")))], now);
+        assert_eq!(wrong.status, Status::Fail);
+        assert!(wrong.details[0].contains("wrong name"), "{:?}", wrong.details);
     }
 
     #[test]
-    fn users_who_never_or_long_ago_used_a_password_warn() {
+    fn the_credential_report_fails_passwords_without_mfa_and_root_use_and_warns_on_stale_credentials() {
         let now = Utc.with_ymd_and_hms(2026, 11, 30, 0, 0, 0).unwrap();
-        let u = |last: Option<DateTime<Utc>>| IamUser { name: "alice".into(), arn: String::new(), created: Some(now - Duration::days(400)), password_last_used: last };
-        assert_eq!(users_check(&[u(Some(now - Duration::days(3)))], now).status, Status::Ok);
-        assert_eq!(users_check(&[u(Some(now - Duration::days(91)))], now).status, Status::Warn);
-        let c = users_check(&[u(None)], now);
+        let row = |user: &str, pw: bool, pw_used: Option<i64>, mfa: bool, keys: Vec<(Option<i64>, Option<i64>)>| CredentialRow {
+            user: user.into(),
+            arn: String::new(),
+            password_enabled: pw,
+            password_last_used: pw_used.map(|d| now - Duration::days(d)),
+            mfa_active: mfa,
+            active_keys: keys.into_iter().map(|(r, u)| (r.map(|d| now - Duration::days(d)), u.map(|d| now - Duration::days(d)))).collect(),
+        };
+        assert_eq!(users_check(&[row("ci", false, None, false, vec![])], now).status, Status::Ok, "no password, no keys: nothing to weigh");
+        assert_eq!(users_check(&[row("alice", true, Some(3), true, vec![(Some(10), Some(1))])], now).status, Status::Ok);
+        let c = users_check(&[row("bob", true, Some(3), false, vec![])], now);
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.details[0].contains("console password without MFA"), "{:?}", c.details);
+        let c = users_check(&[row("carol", true, None, true, vec![(Some(200), Some(100))])], now);
         assert_eq!(c.status, Status::Warn);
-        assert!(c.details[0].contains("password never used"));
+        assert!(c.details[0].contains("password last used never") && c.details[0].contains("not rotated since") && c.details[0].contains("access key 1 last used"), "{:?}", c.details);
+        let c = users_check(&[row("<root_account>", false, Some(1), true, vec![])], now);
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.details[0].contains("root signed in"), "{:?}", c.details);
+        assert_eq!(users_check(&[row("<root_account>", false, Some(400), true, vec![])], now).status, Status::Ok);
     }
 }

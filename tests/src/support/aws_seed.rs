@@ -24,9 +24,15 @@ fn tag_spec(kind: ResourceType, tags: &[(&str, &str)]) -> TagSpecification {
 /// Starts one running instance with these tags and an (un)encrypted root volume;
 /// returns its id.
 pub async fn instance(aws: &AwsClients, tags: &[(&str, &str)], encrypted_root: bool) -> String {
+    instance_in_groups(aws, tags, encrypted_root, &[]).await
+}
+
+/// An instance launched into the given security groups (none: the default group).
+pub async fn instance_in_groups(aws: &AwsClients, tags: &[(&str, &str)], encrypted_root: bool, groups: &[String]) -> String {
     let out = aws
         .ec2
         .run_instances()
+        .set_security_group_ids((!groups.is_empty()).then(|| groups.to_vec()))
         .image_id("ami-12345678")
         .instance_type(InstanceType::T3Micro)
         .min_count(1)
@@ -169,6 +175,31 @@ pub async fn ebs_snapshot(aws: &AwsClients, tags: &[(&str, &str)], encrypted: bo
     snap.snapshot_id().expect("snapshot id").to_string()
 }
 
+/// A snapshot of one given volume, with tags.
+pub async fn snapshot_of(aws: &AwsClients, volume_id: &str, tags: &[(&str, &str)]) -> String {
+    let snap = aws
+        .ec2
+        .create_snapshot()
+        .volume_id(volume_id)
+        .description("test")
+        .tag_specifications(tag_spec(ResourceType::Snapshot, tags))
+        .send()
+        .await
+        .expect("CreateSnapshot");
+    snap.snapshot_id().expect("snapshot id").to_string()
+}
+
+/// The EBS volumes attached to an instance.
+pub async fn volumes_of(aws: &AwsClients, instance_id: &str) -> Vec<String> {
+    let out = aws.ec2.describe_instances().instance_ids(instance_id).send().await.expect("DescribeInstances");
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .flat_map(|i| i.block_device_mappings())
+        .filter_map(|m| m.ebs().and_then(|e| e.volume_id()).map(str::to_string))
+        .collect()
+}
+
 /// A security group admitting `cidr` on TCP `port`.
 pub async fn open_group(aws: &AwsClients, name: &str, port: i32, cidr: &str) -> String {
     let g = aws.ec2.create_security_group().group_name(name).description(name).send().await.expect("CreateSecurityGroup");
@@ -195,6 +226,12 @@ pub async fn user(aws: &AwsClients, name: &str) {
     aws.iam.create_user().user_name(name).send().await.expect("CreateUser");
 }
 
+/// An IAM user with a console password (and no MFA device).
+pub async fn user_with_password(aws: &AwsClients, name: &str) {
+    user(aws, name).await;
+    aws.iam.create_login_profile().user_name(name).password("Correct-Horse-9").send().await.expect("CreateLoginProfile");
+}
+
 /// A CloudTrail record as CloudTrail writes it to CloudWatch Logs.
 pub fn trail_record(event: &str, error_code: Option<&str>, user: &str) -> String {
     let mut v = serde_json::json!({
@@ -216,11 +253,16 @@ pub fn trail_record(event: &str, error_code: Option<&str>, user: &str) -> String
 /// A runbook context on these clients: fleet from EC2 tagged `Project=TechHealth`,
 /// agents dialled at their `Agent` tag, `runbooks_toml` as the `[runbooks]` section.
 pub fn context(aws: AwsClients, runbooks_toml: &str, dialer: Option<controller::client::Dialer>) -> controller::runbooks::Context {
-    let text = format!(
-        "[tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\n[fleet]\nsource = \"ec2\"\ntag_filters = {{ Project = \"TechHealth\" }}\naddress = \"tag:Agent\"\n[runbooks]\n{runbooks_toml}\n"
-    );
+    let fleet = "[fleet]\nsource = \"ec2\"\ntag_filters = { Project = \"TechHealth\" }\naddress = \"tag:Agent\"\n";
+    context_with_fleet(aws, fleet, runbooks_toml, dialer)
+}
+
+/// A runbook context for the given `[fleet]` section (with its `[[fleet.hosts]]`).
+pub fn context_with_fleet(aws: AwsClients, fleet_toml: &str, runbooks_toml: &str, dialer: Option<controller::client::Dialer>) -> controller::runbooks::Context {
+    let text = format!("[tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\n{fleet_toml}\n[runbooks]\n{runbooks_toml}\n");
     let cfg = controller::config::ControllerConfig::parse(&text).expect("config");
     cfg.validate().expect("valid config");
+    let deadline = tokio::time::Instant::now() + cfg.runbooks.deadline;
     controller::runbooks::Context {
         aws,
         runbooks: cfg.runbooks,
@@ -228,6 +270,7 @@ pub fn context(aws: AwsClients, runbooks_toml: &str, dialer: Option<controller::
         dialer_error: dialer.is_none().then(|| "no agent credentials in this test".to_string()),
         dialer,
         now: Utc::now(),
+        deadline,
     }
 }
 
@@ -247,4 +290,32 @@ pub fn auth_log(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
     }
     std::fs::write(&path, text).expect("write auth log");
     path
+}
+
+/// A CloudTrail trail in moto, made with the venv's boto3 (moto's own dependency; the
+/// controller does not need the S3 SDK, and a trail needs a bucket): `logging` starts
+/// it, otherwise it is created and left stopped.
+pub fn trail(endpoint: &str, name: &str, multi_region: bool, validation: bool, logging: bool) {
+    let py = super::moto::moto_server_path().with_file_name("python");
+    assert!(py.is_file(), "no python in the moto venv ({}): run scripts/setup", py.display());
+    let script = r#"
+import sys, boto3
+ep, name, multi, valid, logging = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "1", sys.argv[5] == "1"
+kw = dict(endpoint_url=ep, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+s3 = boto3.client("s3", **kw)
+bucket = "trail-" + name.lower()
+s3.create_bucket(Bucket=bucket)
+ct = boto3.client("cloudtrail", **kw)
+ct.create_trail(Name=name, S3BucketName=bucket, IsMultiRegionTrail=multi, EnableLogFileValidation=valid)
+if logging:
+    ct.start_logging(Name=name)
+"#;
+    let flag = |b: bool| if b { "1" } else { "0" };
+    let out = std::process::Command::new(&py)
+        .arg("-c")
+        .arg(script)
+        .args([endpoint, name, flag(multi_region), flag(validation), flag(logging)])
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "seeding the trail in moto failed: {}", String::from_utf8_lossy(&out.stderr));
 }
