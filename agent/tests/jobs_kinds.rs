@@ -540,22 +540,19 @@ async fn kill_refuses_a_thread_of_the_agent_and_signals_nothing() {
         let mgr = env.open().await;
         // A thread of this process, which is the agent here: the engine runs in it.
         let (hold, wait) = std::sync::mpsc::channel::<()>();
+        let (tell, told) = std::sync::mpsc::channel::<i32>();
         let worker = std::thread::Builder::new()
             .name("held-worker".into())
             .spawn(move || {
+                // "/proc/thread-self" links to "<pid>/task/<tid>".
+                let link = fs::read_link("/proc/thread-self").unwrap();
+                let tid = link.file_name().unwrap().to_string_lossy().parse().unwrap();
+                tell.send(tid).unwrap();
                 let _ = wait.recv();
             })
             .unwrap();
-        let me = std::process::id() as i32;
-        let tid = fs::read_dir("/proc/self/task")
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().parse::<i32>().unwrap())
-            .find(|&t| {
-                t != me
-                    && fs::read_to_string(format!("/proc/{me}/task/{t}/comm")).unwrap().trim()
-                        == "held-worker"
-            })
-            .expect("the held thread is listed under /proc/self/task");
+        let tid = told.recv().unwrap();
+        assert_ne!(tid, std::process::id() as i32, "a thread, not the process");
         for signal in ["TERM", "KILL"] {
             let err = mgr
                 .start(req(kill_spec(tid, "held-worker", signal)), &operator())
@@ -690,8 +687,8 @@ async fn a_cancelled_kill_job_does_not_signal_its_target() {
         )
         .await
         .unwrap();
-        let cancelled = Some(StopReason::Cancelled { by: "ops-ci".into() });
-        let (_stop_tx, stop) = tokio::sync::watch::channel(cancelled.clone());
+        let cancelled = StopReason::Cancelled { by: "ops-ci".into() };
+        let (_stop_tx, stop) = tokio::sync::watch::channel(Some(cancelled.clone()));
         let mut ctx = JobCtx::new(
             log,
             stop,
@@ -703,7 +700,7 @@ async fn a_cancelled_kill_job_does_not_signal_its_target() {
             .unwrap_err();
         assert_eq!(
             report.outcome,
-            agent::jobs::kinds::Outcome::Interrupted(Interrupt::Stopped(cancelled.unwrap()))
+            agent::jobs::kinds::Outcome::Interrupted(Interrupt::Stopped(cancelled))
         );
         assert!(alive(&mut victim), "a cancelled job sent its signal");
     })
