@@ -267,8 +267,8 @@ pub async fn run(ctx: &mut JobCtx, cmd: &Cmd) -> Result<Finished, RunError> {
         command.current_dir(cwd);
     }
     if let Some(u) = cmd.run_as {
-        // The standard library calls setgroups(0), setgid, then setuid in the child, in
-        // the order that leaves no way back to root.
+        // The standard library calls setgid, setgroups(0) (as root), then setuid in the
+        // child, before chdir and exec: the order that leaves no way back to root.
         command.gid(u.gid).uid(u.uid);
     }
     ctx.log
