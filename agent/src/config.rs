@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use ops_proto::tls::TlsPaths;
 
-use crate::jobs::{ActionConfig, CleanupConfig, JobSettings, JobsConfig, ServicesConfig};
+use crate::jobs::{ActionConfig, CleanupConfig, JobSettings, JobsConfig, KillConfig, ServicesConfig};
 
 /// The whole agent configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +38,9 @@ pub struct AgentConfig {
     /// `[services]`: units RestartService may restart.
     #[serde(default)]
     pub services: ServicesConfig,
+    /// `[kill]`: names KillProcess never signals, signals it may send.
+    #[serde(default)]
+    pub kill: KillConfig,
     /// `[limits]`: how much an unauthenticated peer or a connected caller may hold.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -228,6 +231,7 @@ impl AgentConfig {
             actions: self.actions.clone(),
             cleanup: self.cleanup.clone(),
             services: self.services.clone(),
+            kill: self.kill.clone(),
         }
     }
 

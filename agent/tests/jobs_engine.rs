@@ -535,3 +535,40 @@ async fn action_runs_with_its_cwd_env_and_user() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_request_may_shorten_an_actions_timeout_but_never_lengthen_it() {
+    within_test_limit(async {
+        let mut env = TestEnv::new();
+        env.settings.jobs.default_timeout_seconds = 120;
+        let mut capped = action("capped", &["/bin/true"]);
+        capped.timeout_seconds = Some(30);
+        env.settings.actions.push(capped);
+        env.settings.actions.push(action("plain", &["/bin/true"]));
+        let mgr = env.open().await;
+        for (name, requested, expected) in [
+            ("capped", 0, 30),
+            ("capped", 10, 10),
+            ("capped", 3600, 30),
+            ("plain", 0, 120),
+            ("plain", 60, 60),
+            ("plain", 86_400, 120),
+        ] {
+            let job = mgr
+                .start(
+                    StartJobRequest {
+                        timeout_seconds: requested,
+                        ..req(run_action(name))
+                    },
+                    &operator(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(job.timeout_seconds, expected, "{name} asked for {requested}");
+            let (_, done) = follow(&mgr, &job.id, 0).await;
+            assert_eq!(state(&done), JobState::Succeeded);
+            assert_eq!(done.timeout_seconds, expected, "the record keeps the bound used");
+        }
+    })
+    .await
+}

@@ -502,3 +502,258 @@ async fn rotate_logs_runs_logrotate_with_the_configured_file() {
     })
     .await
 }
+
+fn kill_spec(pid: i32, name: &str, signal: &str) -> JobSpec {
+    spec(job_spec::Kind::KillProcess(KillProcess {
+        pid,
+        signal: signal.into(),
+        expected_name: name.into(),
+    }))
+}
+
+fn spawn_sleep() -> (tokio::process::Child, i32) {
+    let child = tokio::process::Command::new("sleep")
+        .arg("300")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap() as i32;
+    (child, pid)
+}
+
+/// Whether `child` is still running (not signalled to death).
+fn alive(child: &mut tokio::process::Child) -> bool {
+    child.try_wait().unwrap().is_none()
+}
+
+fn require_root(what: &str) {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "{what} needs root (CI runs the tests as root); run with sudo"
+    );
+}
+
+#[tokio::test]
+async fn kill_refuses_a_thread_of_the_agent_and_signals_nothing() {
+    within_test_limit(async {
+        let env = TestEnv::new();
+        let mgr = env.open().await;
+        // A thread of this process, which is the agent here: the engine runs in it.
+        let (hold, wait) = std::sync::mpsc::channel::<()>();
+        let (tell, told) = std::sync::mpsc::channel::<i32>();
+        let worker = std::thread::Builder::new()
+            .name("held-worker".into())
+            .spawn(move || {
+                // "/proc/thread-self" links to "<pid>/task/<tid>".
+                let link = fs::read_link("/proc/thread-self").unwrap();
+                let tid = link.file_name().unwrap().to_string_lossy().parse().unwrap();
+                tell.send(tid).unwrap();
+                let _ = wait.recv();
+            })
+            .unwrap();
+        let tid = told.recv().unwrap();
+        assert_ne!(tid, std::process::id() as i32, "a thread, not the process");
+        for signal in ["TERM", "KILL"] {
+            let err = mgr
+                .start(req(kill_spec(tid, "held-worker", signal)), &operator())
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("thread of the agent itself"), "{err}");
+            assert_eq!(code(err), tonic::Code::InvalidArgument);
+        }
+        assert!(mgr.list(0).await.is_empty(), "refusals create no job");
+        hold.send(()).unwrap();
+        worker.join().unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn kill_refuses_denied_names_and_signals_outside_the_config() {
+    within_test_limit(async {
+        let mut env = TestEnv::new();
+        env.settings.kill.allowed_signals = vec!["KILL".into()];
+        env.settings.kill.denied_names.push("sleep".into());
+        let mgr = env.open().await;
+        let (mut victim, pid) = spawn_sleep();
+        for (signal, why) in [
+            ("KILL", "denied_names"),
+            ("TERM", "not allowed"),
+            ("STOP", "not allowed"),
+        ] {
+            let err = mgr
+                .start(req(kill_spec(pid, "sleep", signal)), &operator())
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains(why), "{signal}: {err}");
+            assert_eq!(code(err), tonic::Code::InvalidArgument);
+        }
+        // With the default config STOP is not allowed either.
+        let mgr = TestEnv::new().open().await;
+        let err = mgr
+            .start(req(kill_spec(pid, "sleep", "STOP")), &operator())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("allowed_signals"), "{err}");
+        assert!(alive(&mut victim));
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(!status.contains("(stopped)"), "{status}");
+    })
+    .await
+}
+
+/// A pid is reused for real: while a kill job waits in the queue, its target exits and
+/// another `sleep` is made to get the same pid (through `ns_last_pid`, which needs root).
+#[tokio::test]
+async fn a_reused_pid_is_never_signalled() {
+    within_test_limit(async {
+        require_root("making the kernel hand out a chosen pid");
+        let mut env = TestEnv::new();
+        env.settings.actions.push(sh("hold", "echo holding; sleep 300"));
+        let mgr = env.open().await;
+        let hold = start(&mgr, run_action("hold")).await;
+        wait_for_output(&mgr, &hold.id, "holding").await;
+        let (mut first, pid) = spawn_sleep();
+        let queued = mgr
+            .start(
+                StartJobRequest {
+                    queue_if_busy: true,
+                    ..req(kill_spec(pid, "sleep", "KILL"))
+                },
+                &operator(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(state(&queued), JobState::Queued);
+        let first_start = agent::collect::processes::identity(pid).unwrap().starttime;
+        first.kill().await.unwrap();
+        // Start times count 10 ms ticks; a pid comes back only after the whole pid space
+        // has gone round, so a real reuse is always ticks later. Here it is made at once,
+        // so let at least a few ticks pass first.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut second = None;
+        for _ in 0..200 {
+            fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+            let (child, got) = spawn_sleep();
+            if got == pid {
+                second = Some(child);
+                break;
+            }
+        }
+        let mut second = second.expect("another fork took the pid 200 times in a row");
+        let now = agent::collect::processes::identity(pid).unwrap();
+        assert_eq!(now.name, "sleep");
+        assert_ne!(now.starttime, first_start, "the premise: a later start");
+
+        mgr.cancel(&hold.id, &operator()).await.unwrap();
+        let (out, done) = follow(&mgr, &queued.id, 0).await;
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(state(&done), JobState::Failed, "{out}");
+        assert!(done.error.contains("reused"), "{}", done.error);
+        assert!(done.error.contains("nothing was signalled"), "{}", done.error);
+        assert!(alive(&mut second), "the new owner of pid {pid} was not signalled");
+    })
+    .await
+}
+
+/// The check right before the signal: a job whose stop is already set (cancelled while
+/// it was between its checks and the signal) sends nothing.
+#[tokio::test]
+async fn a_cancelled_kill_job_does_not_signal_its_target() {
+    use agent::jobs::output::{OutputLimits, OutputLog, Progress};
+    use agent::jobs::runner::{Interrupt, JobCtx, StopReason};
+    within_test_limit(async {
+        let env = TestEnv::new();
+        let (mut victim, pid) = spawn_sleep();
+        let plan = agent::jobs::kinds::kill::prepare(
+            &KillProcess {
+                pid,
+                signal: "KILL".into(),
+                expected_name: "sleep".into(),
+            },
+            &env.settings.kill,
+        )
+        .unwrap();
+        let log_path = env.path().join("output.log");
+        fs::write(&log_path, "").unwrap();
+        let log = OutputLog::open(
+            &log_path,
+            tokio::sync::watch::channel(Progress::default()).0,
+            OutputLimits {
+                max_bytes: 1 << 20,
+                min_free_bytes: 0,
+                state_dir: env.path().to_path_buf(),
+            },
+        )
+        .await
+        .unwrap();
+        let cancelled = StopReason::Cancelled { by: "ops-ci".into() };
+        let (_stop_tx, stop) = tokio::sync::watch::channel(Some(cancelled.clone()));
+        let mut ctx = JobCtx::new(
+            log,
+            stop,
+            tokio::time::Instant::now() + STEP,
+            Duration::from_secs(1),
+        );
+        let report = agent::jobs::kinds::kill::execute(plan, &env.settings.kill, &mut ctx)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            report.outcome,
+            agent::jobs::kinds::Outcome::Interrupted(Interrupt::Stopped(cancelled))
+        );
+        assert!(alive(&mut victim), "a cancelled job sent its signal");
+    })
+    .await
+}
+
+/// The action's env names a folder first in PATH that holds a fake `setpriv` and a fake
+/// `id`, as an application user could plant them: neither runs, and the real `id` runs
+/// as the action's user with no supplementary group.
+#[tokio::test]
+async fn run_as_never_runs_a_program_planted_in_the_actions_path() {
+    within_test_limit(async {
+        require_root("run_as");
+        let mut env = TestEnv::new();
+        let planted = env.path().join("planted");
+        let markers = env.path().join("markers");
+        fs::create_dir(&planted).unwrap();
+        fs::create_dir(&markers).unwrap();
+        // Open to everyone, so a fake run as any user could leave its marker.
+        fs::set_permissions(env.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&planted, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&markers, fs::Permissions::from_mode(0o777)).unwrap();
+        for fake in ["setpriv", "id"] {
+            let p = planted.join(fake);
+            fs::write(
+                &p,
+                format!("#!/bin/sh\ntouch {}/{fake}-ran\necho fake-{fake}\n", markers.display()),
+            )
+            .unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut a = agent::jobs::ActionConfig::new("whoami", &["id"]);
+        a.run_as = Some("nobody".into());
+        a.env
+            .insert("PATH".into(), format!("{}:/usr/bin:/bin", planted.display()));
+        env.settings.actions.push(a);
+        let mgr = env.open().await;
+        let (out, done) = run_to_end(&mgr, run_action("whoami")).await;
+        assert_eq!(state(&done), JobState::Succeeded, "{out}");
+        let planted_ran: Vec<_> = fs::read_dir(&markers).unwrap().collect();
+        assert!(planted_ran.is_empty(), "a planted program ran: {planted_ran:?}\n{out}");
+        assert!(!out.contains("fake-"), "{out}");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("uid="))
+            .unwrap_or_else(|| panic!("no id output: {out}"));
+        assert!(line.starts_with("uid=65534("), "ran as nobody: {line}");
+        assert!(line.contains(" gid=65534("), "{line}");
+        let groups = line.split(" groups=").nth(1).unwrap();
+        assert!(
+            groups.starts_with("65534(") && !groups.contains(','),
+            "supplementary groups are cleared: {line}"
+        );
+    })
+    .await
+}

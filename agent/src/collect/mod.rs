@@ -14,9 +14,9 @@ mod filesystems;
 mod host;
 mod memory;
 mod net;
-mod processes;
+pub mod processes;
 pub mod sampler;
-mod users;
+pub mod users;
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};

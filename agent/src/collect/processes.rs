@@ -314,15 +314,52 @@ impl DetailReader {
     }
 }
 
-/// The short name of a process (its comm), for the listening-socket owners.
+/// The short name of a process (its comm), for the listening-socket owners; empty when
+/// the process is gone.
 pub(crate) fn name_of(pid: i32) -> String {
-    std::fs::read(format!("/proc/{pid}/comm"))
-        .map(|raw| {
-            String::from_utf8_lossy(&raw)
-                .trim_end_matches('\n')
-                .to_owned()
-        })
-        .unwrap_or_default()
+    name_and_start(pid).map(|(name, _)| name).unwrap_or_default()
+}
+
+/// Who a pid names right now: what `KillProcess` checks before it signals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The short name (comm), at most 15 bytes.
+    pub name: String,
+    /// Field 22 of /proc/<pid>/stat, in clock ticks since boot: with the pid, it names
+    /// one process for the life of the host, since a reused pid starts later.
+    pub starttime: u64,
+    /// The thread group (process) this id belongs to; equal to the id for a process,
+    /// different for one of its threads.
+    pub tgid: i32,
+}
+
+/// The identity of `pid`, or `None` when no process or thread has that id.
+pub fn identity(pid: i32) -> Option<Identity> {
+    let (name, starttime) = name_and_start(pid)?;
+    let status = std::fs::read(format!("/proc/{pid}/status")).ok()?;
+    let tgid = parse_status_tgid(&String::from_utf8_lossy(&status))?;
+    Some(Identity {
+        name,
+        starttime,
+        tgid,
+    })
+}
+
+/// The agent's one reader of process names: from /proc/<pid>/stat, with the start time
+/// read in the same read so that the two always describe the same process.
+fn name_and_start(pid: i32) -> Option<(String, u64)> {
+    let raw = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    parse_stat(&text).map(|f| (f.name.to_owned(), f.starttime))
+}
+
+/// The thread group id from /proc/<pid>/status ("Tgid:\t1234").
+pub(crate) fn parse_status_tgid(text: &str) -> Option<i32> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -370,6 +407,22 @@ mod tests {
         assert_eq!(parse_stat("12 x S"), None);
         assert_eq!(parse_stat(")12 (x S 1"), None);
         assert_eq!(parse_stat(""), None);
+    }
+
+    #[test]
+    fn status_tgid_names_the_thread_group() {
+        let text = "Name:\ttokio-runtime-w\nTgid:\t812\nNgid:\t0\nPid:\t815\n";
+        assert_eq!(parse_status_tgid(text), Some(812));
+        assert_eq!(parse_status_tgid("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn this_process_is_its_own_thread_group_and_named() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let id = identity(me).unwrap();
+        assert_eq!(id.tgid, me);
+        assert!(!id.name.is_empty() && id.starttime > 0);
+        assert_eq!(name_of(me), id.name);
     }
 
     #[test]

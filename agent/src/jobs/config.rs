@@ -1,5 +1,5 @@
-//! The job engine's part of the agent's TOML config: `[jobs]`, `[[actions]]`, `[cleanup]`
-//! and `[services]`, plus the top-level `state_dir` they are stored under.
+//! The job engine's part of the agent's TOML config: `[jobs]`, `[[actions]]`, `[cleanup]`,
+//! `[services]` and `[kill]`, plus the top-level `state_dir` they are stored under.
 //!
 //! Everything a job may touch on the host is named here by the host's owner, never by
 //! the network: named argv lists, cleanup roots, restartable units. `validate()` runs
@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
+use rustix::process::Signal;
 use serde::Deserialize;
 
 /// Engine settings: `[jobs]`.
@@ -258,6 +259,98 @@ pub fn valid_unit_name(unit: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || ":-_.@\\".contains(c))
 }
 
+/// What `KillProcess` may signal: `[kill]`. Listing a key replaces its defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KillConfig {
+    /// Process names (comm) never signalled, whatever the request says: what keeps the
+    /// host reachable and its containers running. pid 1 and the agent itself are refused
+    /// by id, listed or not.
+    pub denied_names: Vec<String>,
+    /// Signals a request may name. STOP is left out by default: a stopped process holds
+    /// its locks and sockets until someone logs in to continue it.
+    pub allowed_signals: Vec<String>,
+}
+
+impl Default for KillConfig {
+    fn default() -> Self {
+        let names = [
+            "init",
+            "systemd",
+            "systemd-journald",
+            "systemd-logind",
+            "systemd-udevd",
+            "sshd",
+            "dbus-daemon",
+            "dbus-broker",
+            "containerd",
+            "containerd-shim",
+            "dockerd",
+            "crio",
+            "conmon",
+            "amazon-ssm-agent",
+        ];
+        KillConfig {
+            denied_names: names.iter().map(|n| n.to_string()).collect(),
+            allowed_signals: ["TERM", "KILL", "HUP", "INT", "QUIT", "USR1", "USR2"]
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
+        }
+    }
+}
+
+impl KillConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        for name in &self.denied_names {
+            if name.is_empty() || name.contains('/') {
+                return Err(format!(
+                    "[kill] denied_names: {name:?} is not a process name"
+                ));
+            }
+        }
+        for sig in &self.allowed_signals {
+            if parse_signal(sig).is_none() {
+                return Err(format!(
+                    "[kill] allowed_signals: unknown signal {sig:?}; known: {}",
+                    SIGNAL_NAMES.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `name` (as `parse_signal` spells it) is allowed.
+    pub fn allows_signal(&self, name: &str) -> bool {
+        self.allowed_signals
+            .iter()
+            .any(|s| parse_signal(s).is_some_and(|(n, _)| n == name))
+    }
+}
+
+/// Signal names the agent knows, whether or not config allows them.
+pub const SIGNAL_NAMES: [&str; 9] = [
+    "TERM", "KILL", "HUP", "INT", "QUIT", "USR1", "USR2", "STOP", "CONT",
+];
+
+/// A signal by name (with or without `SIG`, any case); empty means TERM.
+pub fn parse_signal(name: &str) -> Option<(&'static str, Signal)> {
+    let upper = name.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    Some(match bare {
+        "" | "TERM" => ("TERM", Signal::TERM),
+        "KILL" => ("KILL", Signal::KILL),
+        "HUP" => ("HUP", Signal::HUP),
+        "INT" => ("INT", Signal::INT),
+        "QUIT" => ("QUIT", Signal::QUIT),
+        "USR1" => ("USR1", Signal::USR1),
+        "USR2" => ("USR2", Signal::USR2),
+        "STOP" => ("STOP", Signal::STOP),
+        "CONT" => ("CONT", Signal::CONT),
+        _ => return None,
+    })
+}
+
 /// Everything the job engine needs, assembled by the agent's config loader.
 #[derive(Debug, Clone)]
 pub struct JobSettings {
@@ -267,6 +360,7 @@ pub struct JobSettings {
     pub actions: Vec<ActionConfig>,
     pub cleanup: CleanupConfig,
     pub services: ServicesConfig,
+    pub kill: KillConfig,
 }
 
 impl JobSettings {
@@ -280,7 +374,8 @@ impl JobSettings {
         self.jobs.validate()?;
         validate_actions(&self.actions)?;
         self.cleanup.validate()?;
-        self.services.validate()
+        self.services.validate()?;
+        self.kill.validate()
     }
 
     /// The audit log's path.
@@ -310,6 +405,8 @@ mod tests {
         cleanup: CleanupConfig,
         #[serde(default)]
         services: ServicesConfig,
+        #[serde(default)]
+        kill: KillConfig,
     }
 
     #[test]
@@ -322,6 +419,7 @@ mod tests {
             actions: e.actions,
             cleanup: e.cleanup,
             services: e.services,
+            kill: e.kill,
         };
         s.validate().expect("example validates");
         assert!(s.actions.iter().any(|a| a.name == "npm-audit-fix"));
@@ -335,6 +433,18 @@ mod tests {
         assert_eq!(e.jobs.keep_max_jobs, 200);
         assert_eq!(e.jobs.kill_grace_seconds, 10);
         assert!(!e.jobs.allow_concurrent);
+        assert!(e.kill.denied_names.iter().any(|n| n == "sshd"));
+        assert!(e.kill.allows_signal("TERM") && !e.kill.allows_signal("STOP"));
+    }
+
+    #[test]
+    fn kill_config_names_unknown_signals() {
+        let k: KillConfig = toml::from_str("allowed_signals = [\"TERM\", \"SEGV\"]").unwrap();
+        assert!(k.validate().unwrap_err().contains("\"SEGV\""));
+        let k: KillConfig = toml::from_str("allowed_signals = [\"sigstop\"]").unwrap();
+        k.validate().unwrap();
+        assert!(k.allows_signal("STOP") && !k.allows_signal("TERM"));
+        assert!(!k.denied_names.is_empty(), "defaults stay for keys not listed");
     }
 
     #[test]

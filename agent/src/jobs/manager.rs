@@ -137,12 +137,8 @@ impl JobManager {
             refuse(msg.clone()).await;
             return Err(JobError::NoSpace(msg));
         }
-        let timeout_seconds = match req.timeout_seconds {
-            0 => prepared
-                .configured_timeout_seconds()
-                .unwrap_or(sh.settings.jobs.default_timeout_seconds),
-            t => u64::from(t),
-        };
+        let timeout_seconds =
+            prepared.timeout_seconds(req.timeout_seconds, sh.settings.jobs.default_timeout_seconds);
         let admission = self.admit(&req, spec, caller, timeout_seconds);
         let (job, stop, go) = match admission {
             Admission::Existing(job) => {

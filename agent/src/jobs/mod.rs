@@ -20,7 +20,9 @@ pub mod store;
 mod task;
 mod watch;
 
-pub use config::{ActionConfig, CleanupConfig, JobSettings, JobsConfig, ServicesConfig};
+pub use config::{
+    ActionConfig, CleanupConfig, JobSettings, JobsConfig, KillConfig, ServicesConfig,
+};
 pub use manager::JobManager;
 
 use audit::AuditError;

@@ -101,6 +101,17 @@ pub struct Cmd {
     pub env: Vec<(OsString, OsString)>,
     /// Keep stdout (up to `CAPTURE_MAX`) for the kind to parse; it is logged as well.
     pub capture_stdout: bool,
+    /// Run as this user instead of the agent's: the child sets its gid and uid between
+    /// fork and exec (and, as root, clears its supplementary groups), so no helper
+    /// program is looked up anywhere.
+    pub run_as: Option<RunAs>,
+}
+
+/// The ids a command switches to before it executes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl Cmd {
@@ -133,11 +144,15 @@ impl Cmd {
 
     /// The command as a human reads it in the log.
     pub fn display(&self) -> String {
-        std::iter::once(&self.program)
+        let line = std::iter::once(&self.program)
             .chain(&self.args)
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" ");
+        match self.run_as {
+            Some(u) => format!("(uid {} gid {}) {line}", u.uid, u.gid),
+            None => line,
+        }
     }
 }
 
@@ -250,6 +265,11 @@ pub async fn run(ctx: &mut JobCtx, cmd: &Cmd) -> Result<Finished, RunError> {
     command.envs(cmd.env.iter().map(|(k, v)| (k, v)));
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
+    }
+    if let Some(u) = cmd.run_as {
+        // The standard library calls setgid, setgroups(0) (as root), then setuid in the
+        // child, before chdir and exec: the order that leaves no way back to root.
+        command.gid(u.gid).uid(u.uid);
     }
     ctx.log
         .note(&format!("$ {}", cmd.display()))

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent::jobs::{
-    ActionConfig, CleanupConfig, JobManager, JobSettings, JobsConfig, ServicesConfig,
+    ActionConfig, CleanupConfig, JobManager, JobSettings, JobsConfig, KillConfig, ServicesConfig,
 };
 use ops_proto::identity::{PeerIdentity, Role};
 use ops_proto::v1::{job_event, job_spec, Job, JobSpec, RunAction, StartJobRequest};
@@ -43,6 +43,7 @@ impl TestEnv {
             actions: Vec::new(),
             cleanup: CleanupConfig::default(),
             services: ServicesConfig::default(),
+            kill: KillConfig::default(),
         };
         TestEnv { dir, settings }
     }

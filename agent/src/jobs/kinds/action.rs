@@ -2,51 +2,34 @@
 //! command from the request. Runs with a minimal environment (PATH, HOME, USER, LOGNAME,
 //! LANG, then the action's `env`), not the agent's, in the action's `cwd`.
 //!
-//! `run_as` switches user with util-linux `setpriv --reuid --regid --init-groups`: no PAM
-//! session and no shell in between, the same pid (so cancel reaches it). It needs the
-//! agent to run as root; otherwise such an action is refused rather than run as the
-//! agent's own user. Users are looked up in `/etc/passwd` (local accounts only).
+//! Nothing is looked up through a `PATH` the action's `env` can set: a bare argv[0] is
+//! resolved with the agent's own PATH when the job is requested, and `run_as` switches
+//! user inside the child itself (gid, then uid, supplementary groups cleared) between
+//! fork and exec, with no helper program. An application user who can write to a folder
+//! the action's PATH names must never get a program of theirs run as root. `run_as`
+//! needs the agent to run as root; otherwise such an action is refused rather than run
+//! as the agent's own user. Users are looked up in `/etc/passwd` (local accounts only).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use ops_proto::v1::job_result;
 
-use super::{run, Outcome, Report};
+use super::{find_in_path, run, Outcome, Report};
+use crate::collect::users::{self, Account};
 use crate::jobs::config::ActionConfig;
-use crate::jobs::runner::{Cmd, JobCtx};
+use crate::jobs::runner::{Cmd, JobCtx, RunAs};
 
-/// The PATH actions start with (an action's `env` may replace it).
+/// The PATH actions start with (an action's `env` may replace it for what the action
+/// itself runs, never for finding the action's program).
 const ACTION_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// A local account.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Account {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub home: String,
-}
-
-/// Finds `name` in passwd(5) text.
-pub fn lookup_account(passwd: &str, name: &str) -> Option<Account> {
-    passwd.lines().find_map(|line| {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.len() < 7 || f[0] != name {
-            return None;
-        }
-        Some(Account {
-            name: name.to_string(),
-            uid: f[2].parse().ok()?,
-            gid: f[3].parse().ok()?,
-            home: f[5].to_string(),
-        })
-    })
-}
 
 /// A checked action request.
 #[derive(Debug)]
 pub struct ActionPlan {
     action: ActionConfig,
+    /// argv[0] as it will be executed: absolute when it was a bare name.
+    program: PathBuf,
     account: Option<Account>,
 }
 
@@ -80,9 +63,9 @@ pub fn prepare(name: &str, actions: &[ActionConfig]) -> Result<ActionPlan, Strin
                     "action {name} runs as {user}, which needs the agent to run as root; it does not"
                 ));
             }
-            let passwd = std::fs::read_to_string("/etc/passwd")
+            let found = users::account_named(user)
                 .map_err(|e| format!("cannot read /etc/passwd: {e}"))?;
-            Some(lookup_account(&passwd, user).ok_or_else(|| {
+            Some(found.ok_or_else(|| {
                 format!("action {name} runs as {user}, who has no local account here")
             })?)
         }
@@ -95,10 +78,30 @@ pub fn prepare(name: &str, actions: &[ActionConfig]) -> Result<ActionPlan, Strin
             ));
         }
     }
-    Ok(ActionPlan { action, account })
+    let program = resolve_program(name, action.argv.first().map(String::as_str).unwrap_or(""))?;
+    Ok(ActionPlan {
+        action,
+        program,
+        account,
+    })
 }
 
-/// The action's command: its argv, behind `setpriv` when it runs as another user.
+/// argv[0] as executed: a path (with a '/') as written, a bare name found in the agent's
+/// own PATH now, so that the child's PATH is never searched for it.
+fn resolve_program(action: &str, argv0: &str) -> Result<PathBuf, String> {
+    if argv0.contains('/') {
+        return Ok(PathBuf::from(argv0));
+    }
+    find_in_path(argv0).ok_or_else(|| {
+        format!(
+            "action {action}: {argv0:?} is not an executable in the agent's PATH; \
+             install it or name it by its absolute path in [[actions]] argv"
+        )
+    })
+}
+
+/// The action's command: its resolved program and arguments, switching to the account's
+/// uid and gid when it runs as another user.
 pub fn command(plan: &ActionPlan) -> Cmd {
     let a = &plan.action;
     let mut env: BTreeMap<String, String> = BTreeMap::new();
@@ -116,19 +119,11 @@ pub fn command(plan: &ActionPlan) -> Cmd {
     env.insert("USER".into(), user);
     env.extend(a.env.clone());
 
-    let mut argv = a.argv.iter();
-    let mut cmd = match &plan.account {
-        Some(acc) => Cmd::new("setpriv")
-            .arg(format!("--reuid={}", acc.uid))
-            .arg(format!("--regid={}", acc.gid))
-            .arg("--init-groups")
-            .arg("--")
-            .args(argv.by_ref()),
-        None => {
-            let program = argv.next().cloned().unwrap_or_default();
-            Cmd::new(program).args(argv.by_ref())
-        }
-    };
+    let mut cmd = Cmd::new(plan.program.clone()).args(a.argv.iter().skip(1));
+    cmd.run_as = plan.account.as_ref().map(|acc| RunAs {
+        uid: acc.uid,
+        gid: acc.gid,
+    });
     cmd.env_clear = true;
     cmd.env = env.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
     cmd.cwd = a.cwd.clone();
@@ -157,38 +152,33 @@ pub async fn execute(plan: ActionPlan, ctx: &mut JobCtx) -> Result<Report, Repor
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
 
     #[test]
-    fn accounts_are_found_by_exact_name() {
-        let n = lookup_account(PASSWD, "nobody").unwrap();
-        assert_eq!(
-            (n.uid, n.gid, n.home.as_str()),
-            (65534, 65534, "/nonexistent")
-        );
-        assert!(lookup_account(PASSWD, "nob").is_none());
-    }
-
-    #[test]
-    fn run_as_goes_through_setpriv_with_a_minimal_environment() {
+    fn run_as_switches_ids_in_the_child_with_a_minimal_environment() {
         let action = ActionConfig {
             name: "who".into(),
             argv: vec!["id".into(), "-u".into()],
             cwd: None,
-            env: BTreeMap::from([("EXTRA".into(), "1".into())]),
+            env: BTreeMap::from([
+                ("EXTRA".into(), "1".into()),
+                ("PATH".into(), "/home/app/bin:/usr/bin".into()),
+            ]),
             timeout_seconds: None,
             run_as: Some("nobody".into()),
         };
         let plan = ActionPlan {
+            program: resolve_program("who", "id").unwrap(),
             action,
-            account: lookup_account(PASSWD, "nobody"),
+            account: users::find_account(PASSWD, "nobody"),
         };
         let cmd = command(&plan);
-        assert_eq!(
-            cmd.display(),
-            "setpriv --reuid=65534 --regid=65534 --init-groups -- id -u"
-        );
+        assert!(Path::new(&cmd.program).is_absolute(), "{cmd:?}");
+        assert_eq!(cmd.args, ["-u"]);
+        assert_eq!(cmd.run_as, Some(RunAs { uid: 65534, gid: 65534 }));
+        assert!(cmd.display().starts_with("(uid 65534 gid 65534) /"), "{}", cmd.display());
         assert!(cmd.env_clear);
         let keys: Vec<_> = cmd
             .env
@@ -196,5 +186,16 @@ mod tests {
             .map(|(k, _)| k.to_string_lossy().into_owned())
             .collect();
         assert_eq!(keys, ["EXTRA", "HOME", "LANG", "LOGNAME", "PATH", "USER"]);
+    }
+
+    #[test]
+    fn a_bare_program_is_found_in_the_agents_path_and_a_missing_one_refused() {
+        assert!(resolve_program("a", "sh").unwrap().is_absolute());
+        assert_eq!(
+            resolve_program("a", "./run.sh").unwrap(),
+            PathBuf::from("./run.sh")
+        );
+        let err = resolve_program("a", "no-such-program-here").unwrap_err();
+        assert!(err.contains("absolute path"), "{err}");
     }
 }

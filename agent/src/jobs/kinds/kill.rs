@@ -1,12 +1,21 @@
-//! `KillProcess`: sends one signal to one process, guarded against mistakes: never pid 1
-//! or below (init, process groups, everything), never the agent itself, and only when the
-//! process's name (`/proc/PID/comm`) is the one the caller expected, checked when the job
-//! is requested and again right before the signal (pids get reused).
+//! `KillProcess`: sends one signal to one process, and only to the process the caller
+//! meant. It never signals pid 1 or below (init, process groups, everything), the agent
+//! itself or any of its threads, a thread id of any process (only thread-group leaders),
+//! a process whose name is on `[kill] denied_names`, or a signal not on
+//! `[kill] allowed_signals`.
+//!
+//! A pid names a process only until it exits; its number may then be reused. So the
+//! process is named by (pid, start time), the start time read when the job is requested;
+//! right before the signal the agent opens a pidfd (which then names that process and
+//! no other, even if it exits) and reads the start time again: when it differs from the
+//! one checked, or the job was cancelled meanwhile, nothing is sent.
 
 use ops_proto::v1::{job_result, KillProcess, KillResult};
-use rustix::process::{getpid, kill_process, Pid, Signal};
+use rustix::process::{getpid, pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 
-use super::{note, Report};
+use super::{note, Outcome, Report};
+use crate::collect::processes::{self, Identity};
+use crate::jobs::config::{parse_signal, KillConfig, SIGNAL_NAMES};
 use crate::jobs::runner::JobCtx;
 
 /// The kernel keeps at most this many bytes of a process name.
@@ -19,24 +28,8 @@ pub struct KillPlan {
     expected_name: String,
     signal_name: &'static str,
     signal: Signal,
-}
-
-/// Signals a caller may name (with or without `SIG`, any case); empty means TERM.
-pub fn parse_signal(name: &str) -> Option<(&'static str, Signal)> {
-    let upper = name.trim().to_ascii_uppercase();
-    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    Some(match bare {
-        "" | "TERM" => ("TERM", Signal::TERM),
-        "KILL" => ("KILL", Signal::KILL),
-        "HUP" => ("HUP", Signal::HUP),
-        "INT" => ("INT", Signal::INT),
-        "QUIT" => ("QUIT", Signal::QUIT),
-        "USR1" => ("USR1", Signal::USR1),
-        "USR2" => ("USR2", Signal::USR2),
-        "STOP" => ("STOP", Signal::STOP),
-        "CONT" => ("CONT", Signal::CONT),
-        _ => return None,
-    })
+    /// The start time of the process checked when the job was requested.
+    starttime: u64,
 }
 
 /// Whether the kernel's (possibly truncated) name is the expected one.
@@ -47,19 +40,19 @@ pub fn name_matches(comm: &str, expected: &str) -> bool {
             && expected.as_bytes().starts_with(comm.as_bytes()))
 }
 
-fn read_comm(pid: i32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim_end_matches('\n').to_string())
+fn own_pid() -> i32 {
+    getpid().as_raw_nonzero().get()
 }
 
-/// Checks that may refuse a request: pid range, the agent itself, the name.
+/// Checks that may refuse a request, over what /proc said about `pid` (`None`: no such
+/// process or thread).
 pub fn check_target(
     pid: i32,
     expected_name: &str,
     own_pid: i32,
-    comm: Option<String>,
-) -> Result<String, String> {
+    found: Option<&Identity>,
+    denied_names: &[String],
+) -> Result<(), String> {
     if pid <= 1 {
         return Err(format!(
             "refusing to signal pid {pid}: pid 1 (init) and lower are never signalled"
@@ -75,55 +68,116 @@ pub fn check_target(
             "expected_name is required: the process's name guards against a reused pid".into(),
         );
     }
-    let comm = comm.ok_or_else(|| format!("no process with pid {pid} on this host"))?;
-    if !name_matches(&comm, expected_name) {
+    let id = found.ok_or_else(|| format!("no process with pid {pid} on this host"))?;
+    if id.tgid == own_pid {
         return Err(format!(
-            "refusing to signal pid {pid}: it is named {comm:?}, not {expected_name:?} (the pid may have been reused)"
+            "refusing to signal {pid}: it is a thread of the agent itself"
         ));
     }
-    Ok(comm)
+    if id.tgid != pid {
+        return Err(format!(
+            "refusing to signal {pid}: it is a thread of process {}, not a process; \
+             only whole processes (thread-group leaders) are signalled",
+            id.tgid
+        ));
+    }
+    if !name_matches(&id.name, expected_name) {
+        return Err(format!(
+            "refusing to signal pid {pid}: it is named {:?}, not {expected_name:?} (the pid may have been reused)",
+            id.name
+        ));
+    }
+    if let Some(d) = denied_names.iter().find(|d| name_matches(&id.name, d)) {
+        return Err(format!(
+            "refusing to signal pid {pid} ({}): {d:?} is on this agent's [kill] denied_names",
+            id.name
+        ));
+    }
+    Ok(())
 }
 
-pub fn prepare(spec: &KillProcess) -> Result<KillPlan, String> {
+pub fn prepare(spec: &KillProcess, cfg: &KillConfig) -> Result<KillPlan, String> {
     let (signal_name, signal) = parse_signal(&spec.signal).ok_or_else(|| {
         format!(
-            "unknown signal {:?}: use TERM, KILL, HUP, INT, QUIT, USR1, USR2, STOP or CONT",
-            spec.signal
+            "unknown signal {:?}: use one of {}",
+            spec.signal,
+            cfg.allowed_signals.join(", ")
         )
     })?;
-    let own = getpid().as_raw_nonzero().get();
-    check_target(spec.pid, &spec.expected_name, own, read_comm(spec.pid))?;
+    if !cfg.allows_signal(signal_name) {
+        return Err(format!(
+            "signal {signal_name} is not allowed on this agent; [kill] allowed_signals: {} (known: {})",
+            cfg.allowed_signals.join(", "),
+            SIGNAL_NAMES.join(", ")
+        ));
+    }
+    let found = processes::identity(spec.pid);
+    check_target(
+        spec.pid,
+        &spec.expected_name,
+        own_pid(),
+        found.as_ref(),
+        &cfg.denied_names,
+    )?;
+    let starttime = found.map(|id| id.starttime).unwrap_or_default();
     Ok(KillPlan {
         pid: spec.pid,
         expected_name: spec.expected_name.clone(),
         signal_name,
         signal,
+        starttime,
     })
 }
 
-pub async fn execute(plan: KillPlan, ctx: &mut JobCtx) -> Result<Report, Report> {
-    let own = getpid().as_raw_nonzero().get();
+pub async fn execute(plan: KillPlan, cfg: &KillConfig, ctx: &mut JobCtx) -> Result<Report, Report> {
+    let pid = plan.pid;
+    let nothing_sent = |why: String| Report::failed(format!("{why}; nothing was signalled"));
     // Again: the job may have waited in the queue, and the pid may have changed hands.
-    let comm = check_target(plan.pid, &plan.expected_name, own, read_comm(plan.pid))
-        .map_err(Report::failed)?;
-    let pid = Pid::from_raw(plan.pid)
-        .ok_or_else(|| Report::failed(format!("invalid pid {}", plan.pid)))?;
-    kill_process(pid, plan.signal).map_err(|e| {
+    let before = processes::identity(pid);
+    check_target(pid, &plan.expected_name, own_pid(), before.as_ref(), &cfg.denied_names)
+        .map_err(nothing_sent)?;
+    let before = before.ok_or_else(|| nothing_sent(format!("pid {pid} is gone")))?;
+    if before.starttime != plan.starttime {
+        return Err(nothing_sent(format!(
+            "pid {pid} now belongs to a process started at tick {}, not the one checked when \
+             the job was requested (tick {}): the pid was reused",
+            before.starttime, plan.starttime
+        )));
+    }
+    let raw = Pid::from_raw(pid).ok_or_else(|| nothing_sent(format!("invalid pid {pid}")))?;
+    let fd = pidfd_open(raw, PidfdFlags::empty())
+        .map_err(|e| nothing_sent(format!("cannot open pid {pid} ({}): {e}", before.name)))?;
+    // From here the pidfd names one process for good; this read tells whether it is the
+    // one checked above (an exit and reuse between the check and the open would show).
+    let after = processes::identity(pid);
+    if after.as_ref() != Some(&before) {
+        return Err(nothing_sent(format!(
+            "pid {pid} changed while it was being checked (was {before:?}, now {after:?})"
+        )));
+    }
+    if let Some(interrupt) = ctx.check() {
+        return Err(Report {
+            outcome: Outcome::Interrupted(interrupt),
+            exit_code: None,
+            result: None,
+        });
+    }
+    pidfd_send_signal(&fd, plan.signal).map_err(|e| {
         Report::failed(format!(
-            "cannot send SIG{} to pid {} ({comm}): {e}",
-            plan.signal_name, plan.pid
+            "cannot send SIG{} to pid {pid} ({}): {e}",
+            plan.signal_name, before.name
         ))
     })?;
     note(
         ctx,
-        &format!("sent SIG{} to pid {} ({comm})", plan.signal_name, plan.pid),
+        &format!("sent SIG{} to pid {pid} ({})", plan.signal_name, before.name),
     )
     .await?;
     Ok(Report::succeeded(
         None,
         Some(job_result::Kind::Kill(KillResult {
-            pid: plan.pid,
-            name: comm,
+            pid,
+            name: before.name,
             signal: plan.signal_name.into(),
         })),
     ))
@@ -134,28 +188,57 @@ pub async fn execute(plan: KillPlan, ctx: &mut JobCtx) -> Result<Report, Report>
 mod tests {
     use super::*;
 
+    fn id(name: &str, tgid: i32) -> Identity {
+        Identity {
+            name: name.into(),
+            starttime: 1000,
+            tgid,
+        }
+    }
+
     #[test]
     fn refusals_name_the_reason() {
-        let comm = || Some("stress".to_string());
-        assert!(check_target(1, "init", 99, comm())
-            .unwrap_err()
-            .contains("pid 1"));
-        assert!(check_target(-5, "x", 99, comm())
+        let stress = id("stress", 42);
+        let c = |pid, name: &str, found: Option<&Identity>| {
+            check_target(pid, name, 99, found, &KillConfig::default().denied_names)
+        };
+        assert!(c(1, "init", Some(&stress)).unwrap_err().contains("pid 1"));
+        assert!(c(-5, "x", Some(&stress))
             .unwrap_err()
             .contains("never signalled"));
-        assert!(check_target(99, "stress", 99, comm())
+        assert!(c(99, "stress", Some(&stress))
             .unwrap_err()
             .contains("agent itself"));
-        assert!(check_target(42, "", 99, comm())
+        assert!(c(42, "", Some(&stress))
             .unwrap_err()
             .contains("expected_name is required"));
-        assert!(check_target(42, "stress", 99, None)
-            .unwrap_err()
-            .contains("no process"));
-        assert!(check_target(42, "nginx", 99, comm())
+        assert!(c(42, "stress", None).unwrap_err().contains("no process"));
+        assert!(c(42, "nginx", Some(&stress))
             .unwrap_err()
             .contains("reused"));
-        assert_eq!(check_target(42, "stress", 99, comm()).unwrap(), "stress");
+        c(42, "stress", Some(&stress)).unwrap();
+    }
+
+    #[test]
+    fn threads_are_refused_and_the_agents_own_most_clearly() {
+        let denied: &[String] = &[];
+        let agent_thread = id("tokio-runtime-w", 99);
+        let err = check_target(101, "tokio-runtime-w", 99, Some(&agent_thread), denied);
+        assert!(err.unwrap_err().contains("thread of the agent itself"));
+        let other_thread = id("worker", 500);
+        let err = check_target(501, "worker", 99, Some(&other_thread), denied);
+        assert!(err.unwrap_err().contains("thread of process 500"));
+    }
+
+    #[test]
+    fn denied_names_match_the_kernels_truncated_names() {
+        let journald = id("systemd-journal", 300);
+        let denied = KillConfig::default().denied_names;
+        let err = check_target(300, "systemd-journald", 99, Some(&journald), &denied);
+        assert!(err.unwrap_err().contains("denied_names"));
+        let sshd = id("sshd", 301);
+        assert!(check_target(301, "sshd", 99, Some(&sshd), &denied).is_err());
+        assert!(check_target(301, "sshd", 99, Some(&sshd), &[]).is_ok());
     }
 
     #[test]
@@ -163,6 +246,20 @@ mod tests {
         assert!(name_matches("very-long-proce", "very-long-process-name"));
         assert!(!name_matches("very-long-proce", "very-long-proc"));
         assert!(!name_matches("other", "very-long-process-name"));
+    }
+
+    #[test]
+    fn signals_outside_the_config_are_refused() {
+        let spec = |signal: &str| KillProcess {
+            pid: 2,
+            signal: signal.into(),
+            expected_name: "x".into(),
+        };
+        let cfg = KillConfig::default();
+        let err = prepare(&spec("STOP"), &cfg).unwrap_err();
+        assert!(err.contains("not allowed") && err.contains("allowed_signals"), "{err}");
+        let err = prepare(&spec("SEGV"), &cfg).unwrap_err();
+        assert!(err.contains("unknown signal"), "{err}");
     }
 
     #[test]

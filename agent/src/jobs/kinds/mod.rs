@@ -94,7 +94,7 @@ pub fn prepare(spec: &JobSpec, settings: &JobSettings) -> Result<Prepared, Strin
         Some(Kind::Cleanup(c)) => cleanup::prepare(c, &settings.cleanup).map(Prepared::Cleanup),
         Some(Kind::RotateLogs(_)) => rotate::prepare(&settings.jobs).map(|()| Prepared::RotateLogs),
         Some(Kind::RestartService(r)) => service::prepare(&r.unit, &settings.services).map(Prepared::RestartService),
-        Some(Kind::KillProcess(k)) => kill::prepare(k).map(Prepared::Kill),
+        Some(Kind::KillProcess(k)) => kill::prepare(k, &settings.kill).map(Prepared::Kill),
         Some(Kind::RunAction(a)) => action::prepare(&a.name, &settings.actions).map(Prepared::Action),
     }
 }
@@ -107,6 +107,19 @@ impl Prepared {
             _ => None,
         }
     }
+
+    /// The job's timeout. A request may shorten an action's configured timeout (its own,
+    /// or `[jobs] default_timeout_seconds`), never lengthen it: the host's owner set it.
+    /// Other kinds have no configured bound and take the request's value; 0 means none
+    /// asked, so the configured one applies.
+    pub fn timeout_seconds(&self, requested: u32, default: u64) -> u64 {
+        let configured = self.configured_timeout_seconds().unwrap_or(default);
+        match (requested, self) {
+            (0, _) => configured,
+            (t, Prepared::Action(_)) => u64::from(t).min(configured),
+            (t, _) => u64::from(t),
+        }
+    }
 }
 
 /// Does the work of a prepared job.
@@ -116,7 +129,7 @@ pub async fn execute(prepared: Prepared, ctx: &mut JobCtx, settings: &JobSetting
         Prepared::Cleanup(c) => cleanup::execute(c, ctx).await,
         Prepared::RotateLogs => rotate::execute(&settings.jobs, ctx).await,
         Prepared::RestartService(unit) => service::execute(&unit, &settings.services, ctx).await,
-        Prepared::Kill(k) => kill::execute(k, ctx).await,
+        Prepared::Kill(k) => kill::execute(k, &settings.kill, ctx).await,
         Prepared::Action(a) => action::execute(a, ctx).await,
     };
     r.unwrap_or_else(|report| report)
