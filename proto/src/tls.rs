@@ -133,6 +133,16 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Why a certificate and key do not go together, in words.
+pub fn identity_reason(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            "the key does not match the certificate (it belongs to another one)".into()
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Loads every CRL in a PEM file (`-----BEGIN X509 CRL-----`).
 pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let pem = read(path, "CRL")?;
@@ -243,7 +253,7 @@ pub fn server_config(paths: &TlsPaths, options: &ServerOptions) -> Result<Arc<Se
     let bad_identity = |e: rustls::Error| TlsError::BadIdentity {
         cert: paths.cert.clone(),
         key: paths.key.clone(),
-        reason: e.to_string(),
+        reason: identity_reason(&e),
     };
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])

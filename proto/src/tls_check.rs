@@ -52,9 +52,10 @@ pub fn check_identity(paths: &TlsPaths, usage: Usage, now: SystemTime) -> Result
     let key = tls::load_key(&paths.key)?;
     let provider = rustls::crypto::ring::default_provider();
     let mismatch = |reason: String| TlsError::BadIdentity { cert: paths.cert.clone(), key: paths.key.clone(), reason };
-    let certified = rustls::sign::CertifiedKey::from_der(certs.clone(), key, &provider).map_err(|e| mismatch(e.to_string()))?;
+    let certified =
+        rustls::sign::CertifiedKey::from_der(certs.clone(), key, &provider).map_err(|e| mismatch(tls::identity_reason(&e)))?;
     // from_der lets "cannot tell" through; for a check, only a proven match is a pass.
-    certified.keys_match().map_err(|e| mismatch(format!("the key does not match the certificate ({e})")))?;
+    certified.keys_match().map_err(|e| mismatch(tls::identity_reason(&e)))?;
     let leaf = validity(&paths.cert, "certificate", &certs[0], now)?;
     chains_to(&paths.cert, &certs, &paths.ca, &cas, usage, now)?;
     Ok(IdentityReport { cert: leaf, cas: ca_reports })
