@@ -24,6 +24,8 @@ use tokio_stream::StreamExt;
 fn write_pair(dir: &std::path::Path, name: &str, cert: &str, key: &str) {
     std::fs::write(dir.join(format!("{name}.pem")), cert).unwrap();
     std::fs::write(dir.join(format!("{name}.key")), key).unwrap();
+    // The agent refuses a key that group or others can read, as ssh does.
+    std::fs::set_permissions(dir.join(format!("{name}.key")), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
 
 fn make_pki(dir: &std::path::Path) {

@@ -31,6 +31,8 @@ const RSS_BOUND_KB: u64 = 16 * 1024;
 fn write_pair(dir: &Path, name: &str, cert: &str, key: &str) {
     std::fs::write(dir.join(format!("{name}.pem")), cert).unwrap();
     std::fs::write(dir.join(format!("{name}.key")), key).unwrap();
+    // The agent refuses a key that group or others can read, as ssh does.
+    std::fs::set_permissions(dir.join(format!("{name}.key")), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
 
 /// A per-run CA, the agent's server certificate and an operator client certificate.

@@ -50,16 +50,21 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/ops-agent")
 }
 
-/// `[tls]`: the fleet CA that client certificates must chain to, and this agent's
-/// server certificate. Files are re-read when they change.
+/// `[tls]`: the fleet CA that client certificates must chain to, this agent's server
+/// certificate, and optionally the CA's revocation list. Files are re-read when they change.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
     pub ca: PathBuf,
     pub cert: PathBuf,
+    /// Must be readable by its owner only (mode 0600 or 0400), as ssh demands of its keys.
     pub key: PathBuf,
-    /// How often the three files are checked for changes (a changed set is loaded
-    /// without a restart; a broken one is logged and the previous one kept).
+    /// The fleet CA's CRL (PEM, written by `controller pki revoke`): client certificates
+    /// it lists are refused at the handshake.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+    /// How often the files are checked for changes (a changed set is loaded without a
+    /// restart; a broken one is logged and the previous one kept).
     #[serde(default = "default_reload_seconds")]
     pub reload_check_seconds: u64,
 }
@@ -217,6 +222,9 @@ impl AgentConfig {
         fix(&mut self.tls.ca);
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
+        if let Some(crl) = &mut self.tls.crl {
+            fix(crl);
+        }
         fix(&mut self.state_dir);
         for p in [&mut self.auth_log.journal_directory, &mut self.auth_log.journal_file].into_iter().flatten() {
             fix(p);
@@ -246,6 +254,13 @@ impl AgentConfig {
         TlsPaths { ca: self.tls.ca.clone(), cert: self.tls.cert.clone(), key: self.tls.key.clone() }
     }
 
+    /// Every file the TLS configuration is built from (the CRL when configured).
+    pub fn tls_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.tls.ca.clone(), self.tls.cert.clone(), self.tls.key.clone()];
+        files.extend(self.tls.crl.clone());
+        files
+    }
+
     pub fn metadata_timeout(&self) -> Duration {
         Duration::from_millis(self.metadata.timeout_ms)
     }
@@ -253,7 +268,8 @@ impl AgentConfig {
     /// Checks what the types cannot: addresses parse, files exist, bounds are sane.
     pub fn validate(&self) -> Result<(), String> {
         self.listen_addr()?;
-        for (key, p) in [("tls.ca", &self.tls.ca), ("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+        let crl = self.tls.crl.as_ref().map(|p| ("tls.crl", p));
+        for (key, p) in [("tls.ca", &self.tls.ca), ("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)].into_iter().chain(crl) {
             if !p.is_file() {
                 return Err(format!("{key} = {}: no such file", p.display()));
             }

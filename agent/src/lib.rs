@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authlog;
+pub mod check;
 pub mod collect;
 pub mod jobs;
 pub mod config;

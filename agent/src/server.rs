@@ -2,8 +2,9 @@
 //! the accept loop, serves `ops.v1.Agent` and `grpc.health.v1` on the verified
 //! connections, reloads certificates when their files change, and shuts down gracefully.
 //!
-//! A connection that fails the handshake (no client certificate, another CA, expired)
-//! never reaches a handler: it is logged (rate-limited) and dropped here. Before
+//! A connection that fails the handshake (no client certificate, another CA, expired,
+//! revoked by the CRL) never reaches a handler: it is logged (rate-limited) and dropped
+//! here; a revoked certificate is logged by name and serial. Before
 //! authentication a peer gets a short handshake deadline and a slot in the capped
 //! pending table (`pending`); after it, HTTP/2 limits (streams per connection, windows,
 //! keepalive) and a server-side deadline bound what one caller can hold.
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use ops_proto::tls::{self, PeerStream, TlsPaths};
+use ops_proto::tls::{self, PeerStream, ServerOptions, TlsPaths};
 use ops_proto::v1::agent_server::AgentServer;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
@@ -101,18 +102,28 @@ impl RunningAgent {
     }
 }
 
-/// The current TLS configuration, replaced when the certificate files change.
+/// The current TLS configuration, replaced when the certificate or CRL files change.
 struct TlsState {
     paths: TlsPaths,
+    options: ServerOptions,
+    files: Vec<std::path::PathBuf>,
     current: RwLock<Arc<ServerConfig>>,
-    stamp: RwLock<Vec<Option<SystemTime>>>,
+    stamp: RwLock<Vec<Option<(SystemTime, u64, u64)>>>,
 }
 
 impl TlsState {
-    fn load(paths: TlsPaths) -> Result<TlsState, tls::TlsError> {
-        let config = tls::server_config(&paths)?;
-        let stamp = stamps(&paths);
-        Ok(TlsState { paths, current: RwLock::new(config), stamp: RwLock::new(stamp) })
+    fn load(cfg: &AgentConfig, warn: Arc<WarnLimiter>) -> Result<TlsState, tls::TlsError> {
+        let paths = cfg.tls_paths();
+        let on_revoked: tls::RevokedHook = Arc::new(move |id: &ops_proto::identity::PeerIdentity| {
+            warn.warn("revoked certificate", || {
+                format!("refused revoked client certificate {} serial {} (listed in the CRL)", id.describe(), id.serial)
+            });
+        });
+        let options = ServerOptions { crl: cfg.tls.crl.clone(), on_revoked: Some(on_revoked) };
+        let files = cfg.tls_files();
+        let config = tls::server_config(&paths, &options)?;
+        let stamp = stamps(&files);
+        Ok(TlsState { paths, options, files, current: RwLock::new(config), stamp: RwLock::new(stamp) })
     }
 
     fn current(&self) -> Arc<ServerConfig> {
@@ -125,12 +136,12 @@ impl TlsState {
     /// Rebuilds the configuration if any file changed; a broken new file keeps the old
     /// configuration in force and is logged.
     fn reload_if_changed(&self, stats: &Stats) {
-        let now = stamps(&self.paths);
+        let now = stamps(&self.files);
         let changed = self.stamp.read().map(|s| *s != now).unwrap_or(true);
         if !changed {
             return;
         }
-        match tls::server_config(&self.paths) {
+        match tls::server_config(&self.paths, &self.options) {
             Ok(cfg) => {
                 if let Ok(mut g) = self.current.write() {
                     *g = cfg;
@@ -139,17 +150,23 @@ impl TlsState {
                     *s = now;
                 }
                 stats.tls_reloads.fetch_add(1, Ordering::Relaxed);
-                tracing::info!("reloaded TLS certificates from {}", self.paths.cert.display());
+                match &self.options.crl {
+                    Some(crl) => tracing::info!("reloaded TLS certificates from {} and the CRL {}", self.paths.cert.display(), crl.display()),
+                    None => tracing::info!("reloaded TLS certificates from {}", self.paths.cert.display()),
+                }
             }
             Err(e) => tracing::error!("certificate files changed but cannot be used, keeping the previous ones: {e}"),
         }
     }
 }
 
-fn stamps(p: &TlsPaths) -> Vec<Option<SystemTime>> {
-    [&p.ca, &p.cert, &p.key]
+/// Modification time, size and inode of each file: a CRL replaced by a rename within the
+/// same second still differs by inode.
+fn stamps(files: &[std::path::PathBuf]) -> Vec<Option<(SystemTime, u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    files
         .iter()
-        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len(), m.ino()))))
         .collect()
 }
 
@@ -157,11 +174,12 @@ fn stamps(p: &TlsPaths) -> Vec<Option<SystemTime>> {
 pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, ServeError> {
     cfg.validate().map_err(ServeError::Config)?;
     let addr = cfg.listen_addr().map_err(ServeError::Config)?;
-    let tls_state = Arc::new(TlsState::load(cfg.tls_paths())?);
+    let stats = Arc::new(Stats::default());
+    let warn = Arc::new(WarnLimiter::new(cfg.limits.warnings_per_minute, WARN_WINDOW, stats.metrics.clone()));
+    let tls_state = Arc::new(TlsState::load(&cfg, warn.clone())?);
     let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
 
-    let stats = Arc::new(Stats::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let service = AgentService::new(&cfg, stats.clone(), shutdown_rx.clone())
         .await
@@ -171,7 +189,6 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, ServeError> {
     health.set_serving::<AgentServer<AgentService>>().await;
 
     let (conn_tx, conn_rx) = mpsc::channel::<Result<PeerStream, std::io::Error>>(ACCEPTED_QUEUE);
-    let warn = Arc::new(WarnLimiter::new(cfg.limits.warnings_per_minute, WARN_WINDOW, stats.metrics.clone()));
     let handshakes = Handshakes { tls: tls_state.clone(), limits: cfg.limits.clone(), stats: stats.clone(), warn };
     tokio::spawn(accept_loop(listener, handshakes, conn_tx, shutdown_rx.clone()));
     let reload_every = Duration::from_secs(cfg.tls.reload_check_seconds);
@@ -305,7 +322,12 @@ async fn handshake(
         Some(Ok(Err(e))) => {
             hs.stats.refused_handshakes.fetch_add(1, Ordering::Relaxed);
             m.handshakes_refused.fetch_add(1, Ordering::Relaxed);
-            hs.warn.warn("refused handshake", || format!("refused TLS connection from {peer}: {e}"));
+            if is_revoked(&e) {
+                // The verifier has named the certificate; this line adds where it came from.
+                hs.warn.warn("revoked certificate", || format!("refused TLS connection from {peer}: client certificate revoked"));
+            } else {
+                hs.warn.warn("refused handshake", || format!("refused TLS connection from {peer}: {e}"));
+            }
         }
         Some(Err(_)) => {
             hs.stats.refused_handshakes.fetch_add(1, Ordering::Relaxed);
@@ -316,6 +338,14 @@ async fn handshake(
             });
         }
     }
+}
+
+/// Whether a failed handshake was the CRL's doing.
+fn is_revoked(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked))
+    )
 }
 
 async fn reload_loop(tls_state: Arc<TlsState>, every: Duration, stats: Arc<Stats>, shutdown: watch::Receiver<bool>) {

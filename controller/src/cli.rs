@@ -251,13 +251,46 @@ pub enum FleetCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PkiCommand {
-    /// Write a fleet CA, an operator and a viewer client certificate into DIR.
+    /// Write a fleet CA, an operator and a viewer client certificate, an empty CRL
+    /// (crl.pem) and the record of issued certificates (issued.jsonl) into DIR.
     Init {
         #[arg(long)]
         dir: PathBuf,
+        /// Days the operator and viewer certificates stay valid.
+        #[arg(long, default_value_t = crate::pki::CLIENT_DAYS)]
+        days: u32,
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
+    },
+    /// Issue an operator or viewer client certificate: DIR/clients/NAME.pem and NAME.key.
+    IssueClient {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The certificate's common name, shown in every agent's audit log.
+        #[arg(long)]
+        name: String,
+        /// operator (may start and cancel jobs) or viewer (read-only).
+        #[arg(long, value_parser = parse_role)]
+        role: ops_proto::identity::Role,
+        /// Days the certificate stays valid.
+        #[arg(long, default_value_t = crate::pki::CLIENT_DAYS)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Revoke certificates: add them to DIR/crl.pem (earlier entries are kept). Agents
+    /// whose [tls] crl names a copy of it refuse them at the handshake once reloaded.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["serial", "name"])))]
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The certificate's serial in hex, with or without colons (as the audit log shows it).
+        #[arg(long)]
+        serial: Option<String>,
+        /// Every certificate issued under this name (from DIR/issued.jsonl, else NAME.pem).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Issue an agent server certificate: DIR/agents/NAME.pem and NAME.key.
     IssueAgent {
@@ -271,9 +304,16 @@ pub enum PkiCommand {
         /// DNS name SAN (repeatable); default: NAME when no --ip or --dns is given.
         #[arg(long = "dns")]
         dns: Vec<String>,
+        /// Days the certificate stays valid.
+        #[arg(long, default_value_t = crate::pki::AGENT_DAYS)]
+        days: u32,
         #[arg(long)]
         force: bool,
     },
+}
+
+fn parse_role(s: &str) -> Result<ops_proto::identity::Role, String> {
+    ops_proto::identity::Role::parse(s).ok_or_else(|| format!("{s:?}: expected operator or viewer"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -452,8 +492,27 @@ async fn run_job(cmd: JobCommand, cfg: &ControllerConfig, output: OutputFormat) 
 
 fn run_pki(cmd: PkiCommand) -> anyhow::Result<ExitCode> {
     let written = match cmd {
-        PkiCommand::Init { dir, force } => crate::pki::init(&dir, force)?,
-        PkiCommand::IssueAgent { dir, name, ips, dns, force } => crate::pki::issue_agent(&dir, &name, &ips, &dns, force)?,
+        PkiCommand::Init { dir, days, force } => crate::pki::init(&dir, force, days)?,
+        PkiCommand::IssueClient { dir, name, role, days, force } => crate::pki::issue_client(&dir, &name, role, days, force)?,
+        PkiCommand::IssueAgent { dir, name, ips, dns, days, force } => {
+            crate::pki::issue_agent(&dir, &name, &ips, &dns, days, force)?
+        }
+        PkiCommand::Revoke { dir, serial, name } => {
+            let target = match (serial, name) {
+                (Some(s), _) => crate::pki::RevokeTarget::Serial(s),
+                (None, Some(n)) => crate::pki::RevokeTarget::Name(n),
+                (None, None) => anyhow::bail!("pki revoke: give --serial or --name"),
+            };
+            let r = crate::pki::revoke(&dir, &target)?;
+            for s in &r.added {
+                println!("revoked {s}");
+            }
+            for s in &r.already {
+                println!("already revoked {s}");
+            }
+            println!("{} lists {} revoked certificate(s); copy it to each agent's [tls] crl path", r.crl.display(), r.total);
+            return Ok(0);
+        }
     };
     for p in written {
         println!("wrote {}", p.display());

@@ -1,14 +1,22 @@
 //! Development and test PKI: a fleet CA, operator and viewer client certificates (the
-//! role travels inside the certificate as a URI SAN), and agent server certificates.
+//! role travels inside the certificate as a URI SAN), agent server certificates, a record
+//! of what was issued, and the CA's revocation list (CRL) that agents honour.
 //!
 //! Keys are written with mode 0600 and existing files are never overwritten unless the
-//! caller says so. This is for development and tests; production CAs live elsewhere.
+//! caller says so; the CA key is read only if group and others cannot read it. A CRL is
+//! only ever replaced whole (written aside, then renamed), and a revocation never drops an
+//! earlier one. This is for development and tests; production CAs live elsewhere.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+mod revoke;
+
+pub use revoke::{issued, parse_serial, revoke, Issued, RevokeTarget, Revocation, CRL_FILE, INDEX_FILE};
+use revoke::{record, write_crl};
 
 use ops_proto::identity::Role;
 use rcgen::{
@@ -34,8 +42,18 @@ pub enum PkiError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
-    #[error("invalid agent name {0:?}: use letters, digits, '-', '_' and '.'")]
+    #[error("invalid name {0:?}: use letters, digits, '-', '_' and '.'")]
     BadName(String),
+    #[error("{0}")]
+    Tls(#[from] ops_proto::tls::TlsError),
+    #[error("{path}: {reason}")]
+    BadFile { path: PathBuf, reason: String },
+    #[error("invalid serial {0:?}: give it in hex, with or without colons (as in the agent's audit log)")]
+    BadSerial(String),
+    #[error("no certificate named {name:?} was issued from {dir}: not in {index}, and no {name}.pem in it, clients/ or agents/")]
+    UnknownName { name: String, dir: PathBuf, index: &'static str },
+    #[error("--days {0}: must be between 1 and 3650")]
+    BadDays(u32),
 }
 
 /// A generated certificate and its key, PEM-encoded.
@@ -65,16 +83,18 @@ impl Ca {
         Ok(Ca { pem, issuer: Issuer::new(params, key) })
     }
 
-    /// Loads a CA written by `pki init`.
+    /// Loads a CA written by `pki init`; its key must be readable by its owner only.
     pub fn load(dir: &Path) -> Result<Ca, PkiError> {
         let cert = read(&dir.join("ca.pem"))?;
-        let key_pem = read(&dir.join("ca.key"))?;
+        let key_path = dir.join("ca.key");
+        let key_pem = String::from_utf8(ops_proto::tls::read_private_key_file(&key_path)?)
+            .map_err(|_| PkiError::BadFile { path: key_path.clone(), reason: "not a PEM text file".into() })?;
         let key = KeyPair::from_pem(&key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&cert, key)?;
         Ok(Ca { pem: Pem { cert, key: key_pem }, issuer })
     }
 
-    /// A client certificate for an operator or viewer.
+    /// A client certificate for an operator or viewer (`None`: valid for `CLIENT_DAYS`).
     pub fn client(&self, common_name: &str, role: Role, validity: Option<Validity>) -> Result<Pem, PkiError> {
         self.client_with_role_claim(common_name, &role.uri(), validity)
     }
@@ -86,7 +106,7 @@ impl Ca {
         params.subject_alt_names = vec![SanType::URI(role_uri.try_into()?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        apply_validity(&mut params, validity);
+        apply_validity(&mut params, Some(validity.unwrap_or_else(|| validity_days(CLIENT_DAYS))));
         self.sign(params)
     }
 
@@ -128,10 +148,35 @@ fn apply_validity(params: &mut CertificateParams, validity: Option<Validity>) {
     params.not_after = v.not_after;
 }
 
-/// One hour ago to 825 days from now.
-pub fn default_validity() -> Validity {
+/// How long operator and viewer certificates last unless `--days` says otherwise: a
+/// person's access should lapse on its own if nobody renews it.
+pub const CLIENT_DAYS: u32 = 90;
+/// How long the CA and agent certificates last unless `--days` says otherwise.
+pub const AGENT_DAYS: u32 = 825;
+
+/// One hour ago (clock skew) to `days` days from now.
+pub fn validity_days(days: u32) -> Validity {
     let now = time::OffsetDateTime::now_utc();
-    Validity { not_before: now - time::Duration::hours(1), not_after: now + time::Duration::days(825) }
+    Validity { not_before: now - time::Duration::hours(1), not_after: now + time::Duration::days(i64::from(days)) }
+}
+
+/// One hour ago to `AGENT_DAYS` from now.
+pub fn default_validity() -> Validity {
+    validity_days(AGENT_DAYS)
+}
+
+fn check_days(days: u32) -> Result<Validity, PkiError> {
+    if !(1..=3650).contains(&days) {
+        return Err(PkiError::BadDays(days));
+    }
+    Ok(validity_days(days))
+}
+
+fn check_name(name: &str) -> Result<(), PkiError> {
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || name.starts_with('.') {
+        return Err(PkiError::BadName(name.to_string()));
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
@@ -155,11 +200,13 @@ pub fn write_file(path: &Path, contents: &str, secret: bool, force: bool) -> Res
     f.sync_all().map_err(wrap)
 }
 
-/// Files written by `pki init`.
-pub const INIT_FILES: [&str; 6] = ["ca.pem", "ca.key", "controller.pem", "controller.key", "viewer.pem", "viewer.key"];
+/// Files written by `pki init` (it also starts the record of issued certificates).
+pub const INIT_FILES: [&str; 7] = ["ca.pem", "ca.key", "controller.pem", "controller.key", "viewer.pem", "viewer.key", CRL_FILE];
 
-/// `controller pki init`: a CA plus an operator and a viewer client certificate.
-pub fn init(dir: &Path, force: bool) -> Result<Vec<PathBuf>, PkiError> {
+/// `controller pki init`: a CA, an operator and a viewer client certificate valid for
+/// `client_days`, and an empty CRL (so agents can name it from the start).
+pub fn init(dir: &Path, force: bool, client_days: u32) -> Result<Vec<PathBuf>, PkiError> {
+    let client_validity = check_days(client_days)?;
     if !force {
         for f in INIT_FILES {
             let p = dir.join(f);
@@ -169,8 +216,8 @@ pub fn init(dir: &Path, force: bool) -> Result<Vec<PathBuf>, PkiError> {
         }
     }
     let ca = Ca::generate("ops fleet CA", None)?;
-    let operator = ca.client("controller", Role::Operator, None)?;
-    let viewer = ca.client("viewer", Role::Viewer, None)?;
+    let operator = ca.client("controller", Role::Operator, Some(client_validity))?;
+    let viewer = ca.client("viewer", Role::Viewer, Some(client_validity))?;
     let mut written = Vec::new();
     for (name, pem) in [("ca", &ca.pem), ("controller", &operator), ("viewer", &viewer)] {
         let cert = dir.join(format!("{name}.pem"));
@@ -179,24 +226,46 @@ pub fn init(dir: &Path, force: bool) -> Result<Vec<PathBuf>, PkiError> {
         write_file(&key, &pem.key, true, force)?;
         written.extend([cert, key]);
     }
+    // A new CA starts a new record: serials of the old CA mean nothing to it.
+    let index = dir.join(INDEX_FILE);
+    write_file(&index, "", false, true)?;
+    record(dir, "controller", Role::Operator.as_str(), &operator.cert)?;
+    record(dir, "viewer", Role::Viewer.as_str(), &viewer.cert)?;
+    written.push(index);
+    written.push(write_crl(dir, &ca, &[], 1)?);
     Ok(written)
 }
 
+/// `controller pki issue-client`: DIR/clients/NAME.pem and NAME.key for an operator or
+/// a viewer, valid for `days`.
+pub fn issue_client(dir: &Path, name: &str, role: Role, days: u32, force: bool) -> Result<Vec<PathBuf>, PkiError> {
+    check_name(name)?;
+    let validity = check_days(days)?;
+    let ca = Ca::load(dir)?;
+    let pem = ca.client(name, role, Some(validity))?;
+    let cert = dir.join("clients").join(format!("{name}.pem"));
+    let key = dir.join("clients").join(format!("{name}.key"));
+    write_file(&cert, &pem.cert, false, force)?;
+    write_file(&key, &pem.key, true, force)?;
+    record(dir, name, role.as_str(), &pem.cert)?;
+    Ok(vec![cert, key])
+}
+
 /// `controller pki issue-agent`: DIR/agents/NAME.pem and NAME.key signed by DIR's CA.
-pub fn issue_agent(dir: &Path, name: &str, ips: &[IpAddr], dns: &[String], force: bool) -> Result<Vec<PathBuf>, PkiError> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(PkiError::BadName(name.to_string()));
-    }
+pub fn issue_agent(dir: &Path, name: &str, ips: &[IpAddr], dns: &[String], days: u32, force: bool) -> Result<Vec<PathBuf>, PkiError> {
+    check_name(name)?;
+    let validity = check_days(days)?;
     let ca = Ca::load(dir)?;
     let mut dns = dns.to_vec();
     if dns.is_empty() && ips.is_empty() {
         dns.push(name.to_string());
     }
-    let pem = ca.agent(name, ips, &dns, None)?;
+    let pem = ca.agent(name, ips, &dns, Some(validity))?;
     let cert = dir.join("agents").join(format!("{name}.pem"));
     let key = dir.join("agents").join(format!("{name}.key"));
     write_file(&cert, &pem.cert, false, force)?;
     write_file(&key, &pem.key, true, force)?;
+    record(dir, name, "agent", &pem.cert)?;
     Ok(vec![cert, key])
 }
 
@@ -209,25 +278,54 @@ mod tests {
     #[test]
     fn init_writes_keys_0600_and_refuses_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
-        let files = init(dir.path(), false).unwrap();
-        assert_eq!(files.len(), 6);
+        let files = init(dir.path(), false, CLIENT_DAYS).unwrap();
+        assert_eq!(files.len(), 8);
         let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let err = init(dir.path(), false).unwrap_err();
+        let err = init(dir.path(), false, CLIENT_DAYS).unwrap_err();
         assert!(err.to_string().contains("--force"), "{err}");
-        init(dir.path(), true).unwrap();
+        init(dir.path(), true, CLIENT_DAYS).unwrap();
     }
 
     #[test]
     fn operator_certificate_carries_its_role() {
         let dir = tempfile::tempdir().unwrap();
-        init(dir.path(), false).unwrap();
+        init(dir.path(), false, CLIENT_DAYS).unwrap();
         for (file, role) in [("controller.pem", Role::Operator), ("viewer.pem", Role::Viewer)] {
             let der = ops_proto::tls::load_certs(&dir.path().join(file), "certificate").unwrap();
             let id = ops_proto::identity::PeerIdentity::from_der(der[0].as_ref()).unwrap();
             assert_eq!(id.role, Some(role));
         }
-        let written = issue_agent(dir.path(), "web-1", &["127.0.0.1".parse().unwrap()], &["localhost".into()], false).unwrap();
+        let written = issue_agent(dir.path(), "web-1", &["127.0.0.1".parse().unwrap()], &["localhost".into()], AGENT_DAYS, false).unwrap();
         assert!(written[0].ends_with("agents/web-1.pem"));
+    }
+
+    fn days_left(dir: &Path, name: &str) -> i64 {
+        let entry = issued(dir).unwrap().into_iter().rfind(|e| e.name == name).unwrap();
+        let end = chrono::DateTime::parse_from_rfc3339(&entry.not_after).unwrap();
+        (end.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_days()
+    }
+
+    #[test]
+    fn operator_and_viewer_certificates_last_90_days_unless_told_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), false, CLIENT_DAYS).unwrap();
+        assert!((89..=90).contains(&days_left(dir.path(), "controller")), "{}", days_left(dir.path(), "controller"));
+        assert!((89..=90).contains(&days_left(dir.path(), "viewer")));
+        issue_client(dir.path(), "oncall", Role::Operator, 7, false).unwrap();
+        assert!((6..=7).contains(&days_left(dir.path(), "oncall")));
+        let key_mode = std::fs::metadata(dir.path().join("clients/oncall.key")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(key_mode, 0o600);
+        assert!(matches!(issue_client(dir.path(), "x", Role::Viewer, 0, false), Err(PkiError::BadDays(0))));
+        assert!(matches!(issue_client(dir.path(), "../x", Role::Viewer, 9, false), Err(PkiError::BadName(_))));
+    }
+
+    #[test]
+    fn a_ca_key_readable_by_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), false, CLIENT_DAYS).unwrap();
+        std::fs::set_permissions(dir.path().join("ca.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = issue_client(dir.path(), "oncall", Role::Operator, 7, false).unwrap_err().to_string();
+        assert!(err.contains("Permissions 0644") && err.contains("ca.key") && err.contains("too open"), "{err}");
     }
 }

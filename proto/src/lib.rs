@@ -10,6 +10,7 @@ pub mod identity;
 /// The rustls version the TLS helpers are built on, for callers that name its types.
 pub use rustls;
 pub mod tls;
+pub mod tls_check;
 
 /// Generated messages, client and server for package `ops.v1`.
 #[allow(clippy::all, missing_docs)]

@@ -2,8 +2,10 @@
 //! that dials an agent, the server-side stream of verified connections, and the
 //! classification of connection failures into words an operator understands.
 //!
-//! Both sides speak TLS 1.3 only and verify the peer against the fleet CA. Nothing here
-//! may ever skip verification.
+//! Both sides speak TLS 1.3 only and verify the peer against the fleet CA (and, on the
+//! agent, against the CA's revocation list when one is configured). Nothing here may ever
+//! skip verification, and no private key is read from a file that group or others could
+//! read: both binaries load their keys through `load_key`, which refuses it.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -16,9 +18,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::server::Connected;
@@ -53,10 +57,46 @@ pub enum TlsError {
     BadIdentity { cert: PathBuf, key: PathBuf, reason: String },
     #[error("invalid server name {0:?} for certificate verification")]
     BadServerName(String),
+    /// ssh's words, so that whoever has met them knows at once what to do.
+    #[error(
+        "Permissions {mode:04o} for '{path}' are too open. It is required that your private key files are NOT \
+         accessible by others. This private key will be ignored (make it readable by its owner only: chmod 600 '{path}')."
+    )]
+    KeyTooOpen { path: PathBuf, mode: u32 },
+    #[error("certificate file {path}: {reason}")]
+    BadCertificate { path: PathBuf, reason: String },
+    #[error("CRL file {path}: {reason}")]
+    BadCrl { path: PathBuf, reason: String },
 }
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.to_path_buf(), source })
+}
+
+/// Permission bits a private key file may not have: any access by group or others (the
+/// rule ssh applies to `~/.ssh/id_*`).
+pub const KEY_FORBIDDEN_MODE: u32 = 0o077;
+
+/// Refuses a key file whose mode lets group or others at it.
+pub fn check_key_mode(path: &Path, mode: u32) -> Result<(), TlsError> {
+    if mode & KEY_FORBIDDEN_MODE != 0 {
+        return Err(TlsError::KeyTooOpen { path: path.to_path_buf(), mode: mode & 0o7777 });
+    }
+    Ok(())
+}
+
+/// Reads a private key file after checking its mode on the opened file itself, so the
+/// file checked is the file read.
+pub fn read_private_key_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let wrap = |source| TlsError::Read { what: "key", path: path.to_path_buf(), source };
+    let mut file = std::fs::File::open(path).map_err(wrap)?;
+    let mode = file.metadata().map_err(wrap)?.permissions().mode();
+    check_key_mode(path, mode)?;
+    let mut pem = Vec::new();
+    file.read_to_end(&mut pem).map_err(wrap)?;
+    Ok(pem)
 }
 
 /// Loads every certificate in a PEM file.
@@ -71,9 +111,9 @@ pub fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<
     Ok(certs)
 }
 
-/// Loads the first private key in a PEM file.
+/// Loads the first private key in a PEM file, refusing a file group or others can read.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read(path, "key")?;
+    let pem = read_private_key_file(path)?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|source| TlsError::Read { what: "key", path: path.to_path_buf(), source })?
         .ok_or_else(|| TlsError::Empty { what: "key", path: path.to_path_buf(), expected: "PRIVATE KEY" })
@@ -93,19 +133,127 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Why a certificate and key do not go together, in words.
+pub fn identity_reason(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            "the key does not match the certificate (it belongs to another one)".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Loads every CRL in a PEM file (`-----BEGIN X509 CRL-----`).
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let pem = read(path, "CRL")?;
+    let crls: Vec<_> = rustls_pemfile::crls(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|source| TlsError::Read { what: "CRL", path: path.to_path_buf(), source })?;
+    if crls.is_empty() {
+        return Err(TlsError::Empty { what: "CRL", path: path.to_path_buf(), expected: "X509 CRL" });
+    }
+    Ok(crls)
+}
+
+/// What a CRL file says, once checked against the CA file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlSummary {
+    /// Revoked certificates listed, over all CRLs in the file.
+    pub revoked: usize,
+    /// Serials listed, lowercase hex with colons (as `PeerIdentity::serial`).
+    pub serials: Vec<String>,
+}
+
+/// Checks that every CRL parses, is signed by a CA of the CA file, and that every CA of
+/// the CA file has one. The last rule matters: with a CRL configured, a client of a CA
+/// without one would have an unknown revocation status and be refused, which would lock
+/// a whole CA's operators out after a CA rotation.
+pub fn check_crls(
+    crl_path: &Path,
+    crls: &[CertificateRevocationListDer<'_>],
+    ca_path: &Path,
+    cas: &[CertificateDer<'_>],
+) -> Result<CrlSummary, TlsError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let bad = |reason: String| TlsError::BadCrl { path: crl_path.to_path_buf(), reason };
+    let mut parsed_cas = Vec::new();
+    for der in cas {
+        let (_, ca) = X509Certificate::from_der(der.as_ref())
+            .map_err(|e| TlsError::BadCa { path: ca_path.to_path_buf(), reason: e.to_string() })?;
+        parsed_cas.push(ca);
+    }
+    let mut covered = vec![false; parsed_cas.len()];
+    let mut summary = CrlSummary { revoked: 0, serials: Vec::new() };
+    for (i, der) in crls.iter().enumerate() {
+        let (_, crl) = CertificateRevocationList::from_der(der.as_ref())
+            .map_err(|e| bad(format!("CRL #{} does not parse: {e}", i + 1)))?;
+        let issuer = crl.issuer();
+        let Some(at) = parsed_cas.iter().position(|ca| ca.subject().as_raw() == issuer.as_raw()) else {
+            return Err(bad(format!("CRL #{} is issued by '{issuer}', which is not a CA in {}", i + 1, ca_path.display())));
+        };
+        crl.verify_signature(parsed_cas[at].public_key())
+            .map_err(|e| bad(format!("CRL #{} is not signed by the CA in {}: {e}", i + 1, ca_path.display())))?;
+        covered[at] = true;
+        for r in crl.iter_revoked_certificates() {
+            summary.revoked += 1;
+            summary.serials.push(r.raw_serial_as_string());
+        }
+    }
+    if let Some(missing) = covered.iter().position(|c| !c) {
+        return Err(bad(format!(
+            "has no CRL for CA '{}' of {}; with a CRL configured every CA needs one, or its clients are refused",
+            parsed_cas[missing].subject(),
+            ca_path.display()
+        )));
+    }
+    Ok(summary)
+}
+
+/// Called with the identity of a client certificate refused because it is revoked.
+pub type RevokedHook = Arc<dyn Fn(&PeerIdentity) + Send + Sync>;
+
+/// What the agent's TLS configuration adds to its three files.
+#[derive(Clone, Default)]
+pub struct ServerOptions {
+    /// The fleet CA's revocation list (PEM); revoked client certificates are refused.
+    pub crl: Option<PathBuf>,
+    /// Told who was refused as revoked (the handshake error itself carries no name).
+    pub on_revoked: Option<RevokedHook>,
+}
+
+impl fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerOptions").field("crl", &self.crl).field("on_revoked", &self.on_revoked.is_some()).finish()
+    }
+}
+
 /// The agent's TLS configuration: TLS 1.3 only, a client certificate signed by the
-/// fleet CA required on every connection.
-pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
+/// fleet CA (and not on its CRL, when one is configured) required on every connection.
+pub fn server_config(paths: &TlsPaths, options: &ServerOptions) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = roots(&paths.ca)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .build()
-        .map_err(|e| TlsError::BadCa { path: paths.ca.clone(), reason: e.to_string() })?;
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    if let Some(crl_path) = &options.crl {
+        let crls = load_crls(crl_path)?;
+        let cas = load_certs(&paths.ca, "CA")?;
+        check_crls(crl_path, &crls, &paths.ca, &cas)?;
+        // Only leaves are checked: the CA is the trust anchor, and our CRLs list leaves.
+        builder = builder.with_crls(crls).only_check_end_entity_revocation();
+    }
+    let webpki = builder.build().map_err(|e| match &options.crl {
+        Some(crl) => TlsError::BadCrl { path: crl.clone(), reason: e.to_string() },
+        None => TlsError::BadCa { path: paths.ca.clone(), reason: e.to_string() },
+    })?;
+    let verifier: Arc<dyn ClientCertVerifier> = match &options.on_revoked {
+        Some(hook) => Arc::new(NoticeRevoked { inner: webpki, hook: hook.clone() }),
+        None => webpki,
+    };
     let certs = load_certs(&paths.cert, "certificate")?;
     let key = load_key(&paths.key)?;
     let bad_identity = |e: rustls::Error| TlsError::BadIdentity {
         cert: paths.cert.clone(),
         key: paths.key.clone(),
-        reason: e.to_string(),
+        reason: identity_reason(&e),
     };
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -115,6 +263,67 @@ pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
         .map_err(bad_identity)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The webpki client verifier, plus a word to `hook` naming each revoked certificate it
+/// refuses. It decides nothing itself.
+struct NoticeRevoked {
+    inner: Arc<dyn ClientCertVerifier>,
+    hook: RevokedHook,
+}
+
+impl fmt::Debug for NoticeRevoked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NoticeRevoked").field("inner", &self.inner).finish()
+    }
+}
+
+impl ClientCertVerifier for NoticeRevoked {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verdict = self.inner.verify_client_cert(end_entity, intermediates, now);
+        if let Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) = &verdict {
+            if let Ok(id) = PeerIdentity::from_der(end_entity.as_ref()) {
+                (self.hook)(&id);
+            }
+        }
+        verdict
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
 }
 
 /// The controller's TLS configuration: TLS 1.3 only, the agent verified against the
@@ -381,6 +590,7 @@ fn from_rustls(e: &rustls::Error) -> ConnectError {
                 A::CertificateRequired => "the agent requires a client certificate and none was sent",
                 A::UnknownCA => "the agent does not trust the CA that signed our certificate",
                 A::CertificateExpired => "the agent says our certificate has expired",
+                A::CertificateRevoked => "the agent says our certificate has been revoked",
                 A::BadCertificate => "the agent says our certificate is bad",
                 A::DecryptError => "the agent could not verify our certificate's signature",
                 _ => "the agent sent a TLS alert",
@@ -466,5 +676,132 @@ impl AsyncWrite for PeerStream {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, IsCa, Issuer, KeyIdMethod, KeyPair,
+        KeyUsagePurpose, RevokedCertParams, SerialNumber,
+    };
+
+    fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), Issuer::new(params, key))
+    }
+
+    fn crl(issuer: &Issuer<'static, KeyPair>, serials: &[u8]) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::days(30),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&[*s]),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(issuer).unwrap().pem().unwrap()
+    }
+
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_key_readable_by_group_or_others_is_refused_in_sshs_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = KeyPair::generate().unwrap().serialize_pem();
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            let p = write(dir.path(), "key.pem", &pem, mode);
+            let err = load_key(&p).unwrap_err();
+            assert!(matches!(err, TlsError::KeyTooOpen { .. }), "{mode:o}: {err}");
+            let text = err.to_string();
+            let expected = format!("Permissions {mode:04o} for '{}' are too open", p.display());
+            assert!(text.starts_with(&expected), "{text}");
+            assert!(text.contains("It is required that your private key files are NOT accessible by others"), "{text}");
+        }
+        let p = write(dir.path(), "key.pem", &pem, 0o600);
+        load_key(&p).unwrap();
+        let p = write(dir.path(), "key.pem", &pem, 0o400);
+        load_key(&p).unwrap();
+    }
+
+    #[test]
+    fn a_crl_from_the_fleet_ca_is_accepted_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, issuer) = ca("fleet CA");
+        let ca_path = write(dir.path(), "ca.pem", &ca_pem, 0o644);
+        let crl_path = write(dir.path(), "crl.pem", &crl(&issuer, &[7, 9]), 0o644);
+        let crls = load_crls(&crl_path).unwrap();
+        let cas = load_certs(&ca_path, "CA").unwrap();
+        let summary = check_crls(&crl_path, &crls, &ca_path, &cas).unwrap();
+        assert_eq!(summary.revoked, 2);
+        assert_eq!(summary.serials, vec!["07".to_string(), "09".to_string()]);
+    }
+
+    #[test]
+    fn a_crl_from_another_ca_or_garbage_is_refused_naming_the_crl_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, _) = ca("fleet CA");
+        let (_, other) = ca("other CA");
+        let ca_path = write(dir.path(), "ca.pem", &ca_pem, 0o644);
+        let cas = load_certs(&ca_path, "CA").unwrap();
+        let foreign = write(dir.path(), "foreign-crl.pem", &crl(&other, &[1]), 0o644);
+        let err = check_crls(&foreign, &load_crls(&foreign).unwrap(), &ca_path, &cas).unwrap_err().to_string();
+        assert!(err.contains("foreign-crl.pem") && err.contains("not a CA in"), "{err}");
+
+        let garbage = write(dir.path(), "garbage.pem", "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n", 0o644);
+        let err = match load_crls(&garbage) {
+            Ok(crls) => check_crls(&garbage, &crls, &ca_path, &cas).unwrap_err(),
+            Err(e) => e,
+        };
+        assert!(err.to_string().contains("garbage.pem"), "{err}");
+
+        let empty = write(dir.path(), "empty.pem", "not a pem file\n", 0o644);
+        let err = load_crls(&empty).unwrap_err().to_string();
+        assert!(err.contains("empty.pem") && err.contains("X509 CRL"), "{err}");
+    }
+
+    #[test]
+    fn a_server_config_with_a_foreign_crl_is_not_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, issuer) = ca("fleet CA");
+        let (_, other) = ca("other CA");
+        let ca_path = write(dir.path(), "ca.pem", &ca_pem, 0o644);
+        let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let paths = TlsPaths {
+            ca: ca_path,
+            cert: write(dir.path(), "agent.pem", &cert.pem(), 0o644),
+            key: write(dir.path(), "agent.key", &key.serialize_pem(), 0o600),
+        };
+        let good = write(dir.path(), "crl.pem", &crl(&issuer, &[3]), 0o644);
+        server_config(&paths, &ServerOptions { crl: Some(good), on_revoked: None }).unwrap();
+        let foreign = write(dir.path(), "foreign.pem", &crl(&other, &[3]), 0o644);
+        let err = server_config(&paths, &ServerOptions { crl: Some(foreign), on_revoked: None }).unwrap_err();
+        assert!(matches!(err, TlsError::BadCrl { .. }), "{err}");
     }
 }

@@ -198,3 +198,84 @@ async fn agent_loads_a_new_certificate_without_restart() {
     .await
     .unwrap();
 }
+
+/// A PKI made with the controller's own `pki` code (CA, CRL, record of issued
+/// certificates), an agent certificate for 127.0.0.1/localhost, and two operators.
+fn controller_pki(dir: &std::path::Path) {
+    controller::pki::init(dir, false, controller::pki::CLIENT_DAYS).unwrap();
+    controller::pki::issue_agent(dir, "agent", &["127.0.0.1".parse().unwrap()], &["localhost".into()], 30, false).unwrap();
+    for name in ["alice", "bob"] {
+        controller::pki::issue_client(dir, name, ops_proto::identity::Role::Operator, 30, false).unwrap();
+    }
+}
+
+fn client_config(dir: &std::path::Path, name: &str) -> std::sync::Arc<ops_proto::rustls::ClientConfig> {
+    let clients = dir.join("clients");
+    tls::client_config(&tls::TlsPaths {
+        ca: dir.join("ca.pem"),
+        cert: clients.join(format!("{name}.pem")),
+        key: clients.join(format!("{name}.key")),
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_revoked_operator_is_refused_after_reload_while_another_operator_still_works() {
+    tokio::time::timeout(T, async {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        controller_pki(&pki);
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\nstate_dir = \"{state}\"\n[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/agents/agent.pem\"\n\
+                 key = \"pki/agents/agent.key\"\ncrl = \"pki/crl.pem\"\nreload_check_seconds = 1\n[metadata]\nenabled = false\n",
+                state = dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        // The real binary, so that what it logs about the refusal can be read.
+        let agent = e2e::support::agent::AgentProcess::start(&config);
+        let h = host("a", agent.addr);
+        assert_eq!(try_call(client_config(&pki, "alice"), h.clone()).await.unwrap(), "operator");
+
+        let revoke = std::process::Command::new(e2e::support::binary("controller"))
+            .args(["pki", "revoke", "--dir"])
+            .arg(&pki)
+            .args(["--name", "alice"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&revoke.stdout).into_owned();
+        assert!(revoke.status.success(), "{said}{}", String::from_utf8_lossy(&revoke.stderr));
+        let alice = controller::pki::issued(&pki).unwrap().into_iter().find(|e| e.name == "alice").unwrap();
+        assert!(said.contains(&format!("revoked {}", alice.serial)), "{said}");
+
+        // No restart: the agent notices the new CRL on its next reload check.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let err = loop {
+            match try_call(client_config(&pki, "alice"), h.clone()).await {
+                Err(e) => break e,
+                Ok(_) => assert!(std::time::Instant::now() < deadline, "the revoked operator was still served"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(err.kind, FailureKind::ClientCertificateRejected, "{err}");
+        assert!(err.to_string().contains("revoked"), "{err}");
+        assert_eq!(try_call(client_config(&pki, "bob"), h.clone()).await.unwrap(), "operator");
+
+        // The agent writes its second line after the client has its alert: wait for it.
+        let named = format!("refused revoked client certificate alice (operator) serial {}", alice.serial);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = agent.stderr();
+            if log.contains(&named) && log.contains("client certificate revoked") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the agent's log does not name the revoked certificate:\n{log}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+}
