@@ -342,3 +342,56 @@ async fn a_torn_last_audit_line_is_left_alone_and_the_next_line_starts_fresh() {
     })
     .await
 }
+
+/// Files left in `dir`.
+fn files_in(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).unwrap().count() as u64
+}
+
+#[tokio::test]
+async fn a_cleanup_that_fills_the_state_disk_removes_nothing_after_it_is_recorded_failed() {
+    within_test_limit(async {
+        const FILES: u64 = 10_000;
+        let mut env = TestEnv::new();
+        let fs = Tmpfs::mount(&env.settings.state_dir, "1m");
+        // About 250 KiB of output fit above the floor: some 4,000 "removed ..." lines,
+        // so the disk fills about half-way through the cleanup.
+        env.settings.jobs.min_free_bytes = 768 * 1024;
+        let root = env.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        for i in 0..FILES {
+            std::fs::File::create(root.join(format!("file-{i:05}.tmp"))).unwrap();
+        }
+        env.settings.cleanup.allowed_roots = vec![root.clone()];
+        let mgr = env.open().await;
+        let spec = JobSpec {
+            kind: Some(job_spec::Kind::Cleanup(Cleanup {
+                rules: vec![CleanupRule {
+                    root: root.display().to_string(),
+                    pattern: "*.tmp".into(),
+                    older_than_seconds: 0,
+                    ..Default::default()
+                }],
+                dry_run: false,
+            })),
+        };
+        let job = start(&mgr, spec).await;
+        let (_, done) = follow(&mgr, &job.id, 0).await;
+        let left_at_end = files_in(&root);
+        assert_eq!(state(&done), JobState::Failed);
+        assert!(done.error.contains("min_free_bytes"), "{}", done.error);
+        assert!(left_at_end > 0, "the disk must fill before the cleanup is done (the test's premise)");
+        let removed = match done.result.clone().and_then(|r| r.kind) {
+            Some(ops_proto::v1::job_result::Kind::Cleanup(c)) => c.files,
+            other => panic!("a failed cleanup still reports what it removed: {other:?}"),
+        };
+        assert_eq!(left_at_end, FILES - removed, "the record counts every file removed, and only those");
+        // Nothing synchronises with a walker that should not exist: give it time to show.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert_eq!(files_in(&root), left_at_end, "files were removed after the job was recorded failed");
+        assert_eq!(on_disk(&env, &job.id), done, "the record on disk is the final one");
+        drop(mgr);
+        drop(fs);
+    })
+    .await
+}

@@ -327,3 +327,87 @@ async fn an_agent_on_a_full_state_disk_starts_serves_reads_refuses_jobs_and_resu
     .await
     .unwrap();
 }
+
+/// Descriptors a process has open now.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_cleanup_of_five_thousand_sibling_folders_keeps_the_agents_descriptors_bounded() {
+    use agent::jobs::kinds::cleanup::MAX_WALK_FDS;
+    use ops_proto::v1::{Cleanup, CleanupRule, TimeField};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const FOLDERS: usize = 5_000;
+    /// What the job around the walk may hold besides it: the job's output log, a record
+    /// being written, the start and watch connections.
+    const ENGINE_FDS: usize = 16;
+
+    let pki = TestPki::new();
+    let root = pki.path().join("wide");
+    let old = std::time::SystemTime::now() - Duration::from_secs(10 * 86_400);
+    for i in 0..FOLDERS {
+        let dir = root.join(format!("d{i:04}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = std::fs::File::create(dir.join("old.log")).unwrap();
+        f.set_times(std::fs::FileTimes::new().set_modified(old).set_accessed(old)).unwrap();
+    }
+    let sections = format!("[cleanup]\nallowed_roots = [\"{}\"]\n", root.display());
+    let text = config_text(&pki, &pki.agent, "127.0.0.1:0", "", &sections);
+    let agent = AgentProcess::start(&write_config(&pki, "agent", &text));
+    let pid = agent.pid();
+    let baseline = open_fds(pid);
+    assert!(baseline > 0, "cannot read /proc/{pid}/fd");
+    let bound = baseline + MAX_WALK_FDS + ENGINE_FDS;
+
+    let done_flag = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done_flag = done_flag.clone();
+        std::thread::spawn(move || {
+            let (mut most, mut samples) = (0, 0u32);
+            while !done_flag.load(Ordering::Relaxed) {
+                most = most.max(open_fds(pid));
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (most, samples)
+        })
+    };
+    let d = dialer(pki.operator_config());
+    let h = host("a", agent.addr);
+    let req = StartJobRequest {
+        spec: Some(JobSpec {
+            kind: Some(job_spec::Kind::Cleanup(Cleanup {
+                rules: vec![CleanupRule {
+                    root: root.display().to_string(),
+                    pattern: "*.log".into(),
+                    older_than_seconds: 86_400,
+                    by: TimeField::Mtime as i32,
+                }],
+                dry_run: false,
+            })),
+        }),
+        ..Default::default()
+    };
+    let done = tokio::time::timeout(T, async {
+        let started = job::start(&d, &h, req).await.unwrap();
+        let mut out = Vec::new();
+        job::watch(&d, &h, &started.id, 0, &mut out).await.unwrap()
+    })
+    .await
+    .unwrap();
+    done_flag.store(true, Ordering::Relaxed);
+    let (most, samples) = sampler.join().unwrap();
+    eprintln!("agent descriptors: {baseline} before, at most {most} during the cleanup ({samples} samples)");
+    assert_eq!(done.state, JobState::Succeeded as i32, "{}", done.error);
+    let left = (0..FOLDERS).filter(|i| root.join(format!("d{i:04}/old.log")).exists()).count();
+    assert_eq!(left, 0, "every old file is removed");
+    assert!(samples >= 10, "too few samples ({samples}) to say anything");
+    assert!(
+        most <= bound,
+        "the agent held {most} descriptors; the bound is {bound} ({baseline} before + {MAX_WALK_FDS} walk + {ENGINE_FDS})"
+    );
+    drop(agent);
+}

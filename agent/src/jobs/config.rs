@@ -222,7 +222,9 @@ impl CleanupConfig {
                 );
             }
         }
-        Ok(())
+        // A root that is or goes through a symbolic link is refused here, before any port
+        // is bound; the engine resolves the list again (and keeps it) when it opens.
+        crate::jobs::kinds::cleanup_roots::AllowedRoots::resolve(self).map(|_| ())
     }
 }
 

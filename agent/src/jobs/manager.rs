@@ -122,7 +122,7 @@ impl JobManager {
         }
         let check = {
             let (sh, spec) = (self.shared.clone(), spec.clone());
-            crate::pools::JOB_STORAGE.spawn(move || kinds::prepare(&spec, &sh.settings))
+            crate::pools::JOB_STORAGE.spawn(move || kinds::prepare(&spec, &sh.settings, &sh.cleanup_roots))
                 .await
                 .map_err(|e| JobError::Internal(e.to_string()))?
         };

@@ -18,6 +18,7 @@ use tracing::warn;
 
 use super::audit::Audit;
 use super::config::JobSettings;
+use super::kinds::cleanup_roots::AllowedRoots;
 use super::output::Progress;
 use super::runner::StopReason;
 use super::spec::{is_finished, state_from_name, state_name};
@@ -26,6 +27,8 @@ use super::JobError;
 
 pub(super) struct Shared {
     pub(super) settings: JobSettings,
+    /// `[cleanup] allowed_roots`, resolved once when the engine opened.
+    pub(super) cleanup_roots: AllowedRoots,
     pub(super) store: Store,
     pub(super) audit: Audit,
     pub(super) inner: Mutex<Inner>,
@@ -218,6 +221,10 @@ impl Shared {
     /// running into `interrupted` (the agent stopped under them), prunes old ones.
     pub(super) async fn load(settings: JobSettings) -> Result<Arc<Shared>, JobError> {
         settings.validate().map_err(JobError::Config)?;
+        let cleanup_roots = AllowedRoots::resolve(&settings.cleanup).map_err(JobError::Config)?;
+        for root in cleanup_roots.absent() {
+            warn!(root = %root.display(), "a [cleanup] allowed root does not exist; cleanups under it are refused until the agent restarts");
+        }
         let state_dir = settings.state_dir.clone();
         let audit_path = settings.audit_log_path();
         let audit_dir = audit_path.parent().map(|p| p.to_path_buf());
@@ -249,6 +256,7 @@ impl Shared {
         }
         let shared = Arc::new(Shared {
             settings,
+            cleanup_roots,
             store,
             audit,
             inner: Mutex::default(),

@@ -7,6 +7,7 @@
 
 pub mod action;
 pub mod cleanup;
+pub mod cleanup_roots;
 pub mod glob;
 pub mod kill;
 pub mod patch;
@@ -87,11 +88,16 @@ impl Report {
 
 /// Checks a spec against the config and the host. The error is for the caller
 /// (INVALID_ARGUMENT): what is wrong and what to do.
-pub fn prepare(spec: &JobSpec, settings: &JobSettings) -> Result<Prepared, String> {
+/// `cleanup_roots` is `[cleanup] allowed_roots` as resolved when the engine started.
+pub fn prepare(
+    spec: &JobSpec,
+    settings: &JobSettings,
+    cleanup_roots: &cleanup_roots::AllowedRoots,
+) -> Result<Prepared, String> {
     match &spec.kind {
         None => Err("the job spec names no kind (patch, cleanup, rotate_logs, restart_service, kill_process, run_action)".into()),
         Some(Kind::Patch(p)) => patch::prepare(p).map(Prepared::Patch),
-        Some(Kind::Cleanup(c)) => cleanup::prepare(c, &settings.cleanup).map(Prepared::Cleanup),
+        Some(Kind::Cleanup(c)) => cleanup::prepare(c, cleanup_roots).map(Prepared::Cleanup),
         Some(Kind::RotateLogs(_)) => rotate::prepare(&settings.jobs).map(|()| Prepared::RotateLogs),
         Some(Kind::RestartService(r)) => service::prepare(&r.unit, &settings.services).map(Prepared::RestartService),
         Some(Kind::KillProcess(k)) => kill::prepare(k, &settings.kill).map(Prepared::Kill),
