@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -15,6 +15,21 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use ops_proto::v1::{AgentStats, LimitHit, Snapshot};
 use tokio::sync::OwnedSemaphorePermit;
+
+/// The agent's counters as one shared value: the listener and the service both write
+/// here, so it lives beside them rather than in either (which would make them import
+/// each other).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Snapshot streams whose producer task is alive.
+    pub active_streams: AtomicUsize,
+    /// Connections refused during the TLS handshake.
+    pub refused_handshakes: AtomicU64,
+    /// Successful certificate reloads.
+    pub tls_reloads: AtomicU64,
+    /// The counters served by GetAgentStats.
+    pub metrics: Arc<Metrics>,
+}
 
 /// Counters since start (`_total`-like) and gauges (current values).
 #[derive(Debug, Default)]

@@ -10,7 +10,7 @@
 //! keepalive) and a server-side deadline bound what one caller can hold.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -24,7 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 
 use crate::config::{AgentConfig, LimitsConfig};
-use crate::metrics::{Limit, Metrics, WarnLimiter, WARN_WINDOW};
+use crate::metrics::{Limit, Stats, WarnLimiter, WARN_WINDOW};
 use crate::pending::Pending;
 use crate::service::AgentService;
 
@@ -32,19 +32,6 @@ use crate::service::AgentService;
 const ACCEPTED_QUEUE: usize = 64;
 /// How long in-flight calls may run after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// Counters that tests and operators can read.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Snapshot streams whose producer task is alive.
-    pub active_streams: AtomicUsize,
-    /// Connections refused during the TLS handshake.
-    pub refused_handshakes: AtomicU64,
-    /// Successful certificate reloads.
-    pub tls_reloads: AtomicU64,
-    /// The counters served by GetAgentStats.
-    pub metrics: Arc<Metrics>,
-}
 
 /// Starting or running the server failed.
 #[derive(Debug, thiserror::Error)]

@@ -25,8 +25,7 @@ pub use crate::collect::sampler::MIN_STREAM_INTERVAL;
 use crate::collect::{self, top_n};
 use crate::config::AgentConfig;
 use crate::jobs::JobManager;
-use crate::metrics::{Gauge, Held, Limit};
-use crate::server::Stats;
+use crate::metrics::{Gauge, Held, Limit, Stats};
 
 /// The service state shared by all connections.
 #[derive(Clone)]

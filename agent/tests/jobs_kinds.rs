@@ -35,10 +35,9 @@ async fn run_to_end(mgr: &agent::jobs::JobManager, s: JobSpec) -> (String, Job) 
 #[tokio::test]
 async fn patch_simulation_with_the_real_package_manager_changes_nothing() {
     within_test_limit(async {
-        let Some((pm, _)) = agent::jobs::kinds::patch::detect() else {
-            eprintln!("SKIPPED: no apt-get, dnf or yum on this machine");
-            return;
-        };
+        let (pm, _) = agent::jobs::kinds::patch::detect().expect(
+            "no apt-get, dnf or yum on this machine: the patch job needs the host's package manager",
+        );
         let dpkg_status = Path::new("/var/lib/dpkg/status");
         let before = fs::metadata(dpkg_status).and_then(|m| m.modified()).ok();
         let env = TestEnv::new();
@@ -72,6 +71,9 @@ async fn patch_simulation_with_the_real_package_manager_changes_nothing() {
         let Some(job_result::Kind::Patch(sec_res)) = sec.result.and_then(|r| r.kind) else {
             panic!("no patch result")
         };
+        // The host's own plan may hold no security update at all, so this only checks
+        // consistency; `security_only_selects_only_the_security_archive_...` below is the
+        // test that fails if security_only were ignored.
         assert!(sec_res.packages.len() <= all_res.packages.len());
         assert!(
             sec_res
@@ -88,6 +90,107 @@ async fn patch_simulation_with_the_real_package_manager_changes_nothing() {
             pm.name(),
             all_res.packages.len(),
             sec_res.packages.len()
+        );
+    })
+    .await
+}
+
+/// A private apt world: the real apt-get, reading the fixture archive in
+/// `tests/fixtures/jobs/apt-archive` (a Debian 12 point release and its security archive)
+/// and the fixture's dpkg status instead of the host's. Returns the `APT_CONFIG` file.
+/// The package lists are fetched here, as an operator's `apt-get update` would, because
+/// a simulated patch job never updates them.
+async fn fixture_apt(dir: &Path) -> std::path::PathBuf {
+    let apt_get = agent::jobs::kinds::find_in_path("apt-get")
+        .expect("apt-get is missing: this test needs Debian's apt (CI runs on Debian)");
+    let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jobs/apt-archive");
+    let root = dir.join("apt-root");
+    for d in [
+        "etc/apt/apt.conf.d",
+        "etc/apt/preferences.d",
+        "etc/apt/sources.list.d",
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+        "var/log/apt",
+    ] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(
+        root.join("etc/apt/sources.list"),
+        format!(
+            "deb [trusted=yes] file:{0} bookworm main\ndeb [trusted=yes] file:{0} bookworm-security main\n",
+            archive.display()
+        ),
+    )
+    .unwrap();
+    // The fixture packages are `Architecture: all`; naming the architecture keeps the
+    // plan the same on arm64 hosts. No lock: nothing here is the host's package state.
+    let conf = dir.join("apt.conf");
+    fs::write(
+        &conf,
+        format!(
+            "Dir \"{}/\";\nDir::State::status \"{}\";\nAPT::Architecture \"amd64\";\n\
+             APT::Architectures {{ \"amd64\"; }};\nDebug::NoLocking \"true\";\nAPT::Sandbox::User \"root\";\n",
+            root.display(),
+            archive.join("status").display()
+        ),
+    )
+    .unwrap();
+    let update = tokio::process::Command::new(apt_get)
+        .args(["-q", "update"])
+        .env("APT_CONFIG", &conf)
+        .env("LC_ALL", "C")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        update.status.success(),
+        "apt-get update on the fixture archive: {}",
+        String::from_utf8_lossy(&update.stderr)
+    );
+    conf
+}
+
+fn patch_names(job: &Job) -> Vec<String> {
+    match job.result.clone().and_then(|r| r.kind) {
+        Some(job_result::Kind::Patch(p)) => {
+            let mut v: Vec<String> = p.packages.into_iter().map(|p| p.name).collect();
+            v.sort();
+            v
+        }
+        other => panic!("no patch result: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn security_only_selects_only_the_security_archive_and_excludes_still_apply() {
+    within_test_limit(async {
+        let mut env = TestEnv::new();
+        env.settings.jobs.apt_config = Some(fixture_apt(env.path()).await);
+        let mgr = env.open().await;
+        let patch = |security_only: bool| {
+            spec(job_spec::Kind::Patch(Patch {
+                simulate: true,
+                security_only,
+                exclude: vec!["libssl*".into()],
+            }))
+        };
+        // The fixture plans five upgrades: base-files and bash from the point release,
+        // libexpat1, libssl3 and openssl from the security archive.
+        let (out, all) = run_to_end(&mgr, patch(false)).await;
+        assert_eq!(state(&all), JobState::Succeeded, "{out}");
+        assert!(out.contains("4 of 5 available upgrades selected"), "{out}");
+        assert_eq!(patch_names(&all), ["base-files", "bash", "libexpat1", "openssl"]);
+
+        let (out, sec) = run_to_end(&mgr, patch(true)).await;
+        assert_eq!(state(&sec), JobState::Succeeded, "{out}");
+        assert!(out.contains("security updates only"), "{out}");
+        assert!(out.contains("2 of 5 available upgrades selected"), "{out}");
+        assert_eq!(
+            patch_names(&sec),
+            ["libexpat1", "openssl"],
+            "only the security archive's upgrades, libssl3 still excluded"
         );
     })
     .await
@@ -269,14 +372,18 @@ async fn cleanup_outside_the_allow_list_or_through_a_symlink_is_refused() {
 struct Tmpfs(std::path::PathBuf);
 
 impl Tmpfs {
-    fn mount(at: &Path) -> Option<Tmpfs> {
-        let ok = std::process::Command::new("mount")
+    fn mount(at: &Path) -> Tmpfs {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test mounts a tmpfs: run it as root (CI does)"
+        );
+        let status = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
             .arg(at)
             .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        ok.then(|| Tmpfs(at.to_path_buf()))
+            .expect("mount(8) is missing: run scripts/setup (Debian package mount)");
+        assert!(status.success(), "mount -t tmpfs failed: {status}");
+        Tmpfs(at.to_path_buf())
     }
 }
 
@@ -293,10 +400,7 @@ async fn cleanup_never_leaves_the_root_filesystem() {
         let root = env.path().join("root");
         let mnt = root.join("mnt");
         fs::create_dir_all(&mnt).unwrap();
-        let Some(_tmpfs) = Tmpfs::mount(&mnt) else {
-            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root and mount rights)");
-            return;
-        };
+        let _tmpfs = Tmpfs::mount(&mnt);
         fs::write(mnt.join("other-fs.log"), "x").unwrap();
         age(&mnt.join("other-fs.log"), 10, 10);
         env.settings.cleanup.allowed_roots = vec![root.clone()];
@@ -475,10 +579,10 @@ async fn kill_refuses_init_the_agent_and_wrong_names_then_signals_the_right_proc
 #[tokio::test]
 async fn rotate_logs_runs_logrotate_with_the_configured_file() {
     within_test_limit(async {
-        if agent::jobs::kinds::find_in_path("logrotate").is_none() {
-            eprintln!("SKIPPED: logrotate is not installed");
-            return;
-        }
+        assert!(
+            agent::jobs::kinds::find_in_path("logrotate").is_some(),
+            "logrotate is not installed: run scripts/setup (Debian package logrotate)"
+        );
         let mut env = TestEnv::new();
         let logs = env.path().join("logs");
         fs::create_dir(&logs).unwrap();

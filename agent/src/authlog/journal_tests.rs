@@ -55,7 +55,7 @@ fn make_journal(path: &Path, entries: &[Entry<'_>]) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn sshd_failure<'a>(message: &'a str) -> [(&'a str, &'a str); 5] {
+fn sshd_failure(message: &str) -> [(&str, &str); 5] {
     [
         ("_COMM", "sshd"),
         ("_UID", "0"),

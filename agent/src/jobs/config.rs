@@ -25,6 +25,9 @@ pub struct JobsConfig {
     pub logrotate_config: PathBuf,
     /// `logrotate -s`: its state file; `None` leaves logrotate's own default.
     pub logrotate_state_file: Option<PathBuf>,
+    /// An APT configuration file `Patch` gives apt-get as `APT_CONFIG` (a host with its
+    /// own apt layout, such as an offline mirror); `None` leaves apt's own default.
+    pub apt_config: Option<PathBuf>,
     /// Audit log (JSON lines); `None` means `<state_dir>/audit.log`.
     pub audit_log: Option<PathBuf>,
     /// Let several jobs run at once. Off by default: one host change at a time.
@@ -48,6 +51,7 @@ impl Default for JobsConfig {
             keep_max_age_days: 30,
             logrotate_config: PathBuf::from("/etc/logrotate.conf"),
             logrotate_state_file: None,
+            apt_config: None,
             audit_log: None,
             allow_concurrent: false,
             kill_grace_seconds: 10,
@@ -77,6 +81,7 @@ impl JobsConfig {
         }
         for (key, path) in [
             ("logrotate_state_file", &self.logrotate_state_file),
+            ("apt_config", &self.apt_config),
             ("audit_log", &self.audit_log),
         ] {
             if let Some(p) = path {

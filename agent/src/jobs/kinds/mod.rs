@@ -96,7 +96,7 @@ pub fn prepare(
 ) -> Result<Prepared, String> {
     match &spec.kind {
         None => Err("the job spec names no kind (patch, cleanup, rotate_logs, restart_service, kill_process, run_action)".into()),
-        Some(Kind::Patch(p)) => patch::prepare(p).map(Prepared::Patch),
+        Some(Kind::Patch(p)) => patch::prepare(p, &settings.jobs).map(Prepared::Patch),
         Some(Kind::Cleanup(c)) => cleanup::prepare(c, cleanup_roots).map(Prepared::Cleanup),
         Some(Kind::RotateLogs(_)) => rotate::prepare(&settings.jobs).map(|()| Prepared::RotateLogs),
         Some(Kind::RestartService(r)) => service::prepare(&r.unit, &settings.services).map(Prepared::RestartService),

@@ -7,7 +7,8 @@
 //! origin is the distribution's security archive, upgraded with
 //! `apt-get install --only-upgrade` (apt-get has no security switch). Excludes go to
 //! dnf/yum as `--exclude`; on apt they are left out of an `--only-upgrade` list (holds
-//! would outlive the job).
+//! would outlive the job). `[jobs] apt_config` points apt-get at another apt layout
+//! through `APT_CONFIG`.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,7 @@ use ops_proto::v1::{job_result, PackageChange, Patch, PatchResult};
 use super::glob::Glob;
 use super::patch_parse::{self, PlannedUpdate};
 use super::{find_in_path, note, require_success, run, Report};
+use crate::jobs::config::JobsConfig;
 use crate::jobs::runner::{Cmd, JobCtx};
 
 /// rpm query format: `name.arch [epoch:]version-release`.
@@ -45,6 +47,8 @@ pub struct PatchPlan {
     program: PathBuf,
     spec: Patch,
     excludes: Vec<Glob>,
+    /// `[jobs] apt_config`, given to apt-get as `APT_CONFIG`.
+    apt_config: Option<PathBuf>,
 }
 
 /// The host's package manager: apt-get, else dnf, else yum (where yum is dnf's alias).
@@ -58,7 +62,7 @@ pub fn detect() -> Option<(PackageManager, PathBuf)> {
     .find_map(|(bin, pm)| find_in_path(bin).map(|p| (pm, p)))
 }
 
-pub fn prepare(spec: &Patch) -> Result<PatchPlan, String> {
+pub fn prepare(spec: &Patch, cfg: &JobsConfig) -> Result<PatchPlan, String> {
     let mut excludes = Vec::new();
     for e in &spec.exclude {
         if e.starts_with('-')
@@ -77,6 +81,7 @@ pub fn prepare(spec: &Patch) -> Result<PatchPlan, String> {
         program,
         spec: spec.clone(),
         excludes,
+        apt_config: cfg.apt_config.clone(),
     })
 }
 
@@ -107,9 +112,15 @@ pub async fn execute(plan: PatchPlan, ctx: &mut JobCtx) -> Result<Report, Report
 }
 
 /// A package manager command with an environment that keeps output parseable and
-/// prompts away.
-fn pm_cmd(program: &Path) -> Cmd {
-    Cmd::new(program)
+/// prompts away, and the configured apt layout when there is one.
+fn pm_cmd(plan: &PatchPlan) -> Cmd {
+    let cmd = match &plan.apt_config {
+        Some(conf) if plan.pm == PackageManager::Apt => {
+            Cmd::new(&plan.program).env("APT_CONFIG", conf)
+        }
+        _ => Cmd::new(&plan.program),
+    };
+    cmd
         .env("LC_ALL", "C")
         .env("LANG", "C")
         .env("DEBIAN_FRONTEND", "noninteractive")
@@ -150,12 +161,11 @@ fn result(
 }
 
 async fn apt(plan: &PatchPlan, ctx: &mut JobCtx) -> Result<Report, Report> {
-    let p = &plan.program;
     if !plan.spec.simulate {
-        let f = run(ctx, &pm_cmd(p).args(["-q", "update"])).await?;
+        let f = run(ctx, &pm_cmd(plan).args(["-q", "update"])).await?;
         require_success(&f, "apt-get update")?;
     }
-    let f = run(ctx, &pm_cmd(p).args(["-s", "upgrade"]).capture()).await?;
+    let f = run(ctx, &pm_cmd(plan).args(["-s", "upgrade"]).capture()).await?;
     require_success(&f, "apt-get -s upgrade")?;
     let all = patch_parse::parse_apt_simulation(&String::from_utf8_lossy(&f.stdout));
     let selected = select(&all, plan.spec.security_only, &plan.excludes);
@@ -174,7 +184,7 @@ async fn apt(plan: &PatchPlan, ctx: &mut JobCtx) -> Result<Report, Report> {
             Some(result(plan.pm, &selected, apt_reboot_required())),
         ));
     }
-    let mut cmd = pm_cmd(p).args([
+    let mut cmd = pm_cmd(plan).args([
         "-y",
         "-q",
         "-o",
@@ -200,7 +210,6 @@ fn apt_reboot_required() -> bool {
 }
 
 async fn rpm_family(plan: &PatchPlan, ctx: &mut JobCtx) -> Result<Report, Report> {
-    let p = &plan.program;
     let mut filters: Vec<String> = Vec::new();
     if plan.spec.security_only {
         filters.push("--security".into());
@@ -210,7 +219,7 @@ async fn rpm_family(plan: &PatchPlan, ctx: &mut JobCtx) -> Result<Report, Report
     // check-update: exit 100 = updates available, 0 = none, anything else = error.
     let f = run(
         ctx,
-        &pm_cmd(p)
+        &pm_cmd(plan)
             .arg("check-update")
             .args(filters.clone())
             .capture(),
@@ -253,7 +262,7 @@ async fn rpm_family(plan: &PatchPlan, ctx: &mut JobCtx) -> Result<Report, Report
     } else {
         "upgrade"
     };
-    let f = run(ctx, &pm_cmd(p).arg("-y").arg(verb).args(filters)).await?;
+    let f = run(ctx, &pm_cmd(plan).arg("-y").arg(verb).args(filters)).await?;
     let reboot = rpm_reboot_required(plan, ctx).await?;
     let r = result(plan.pm, &updates, reboot);
     require_success(&f, &format!("{} {verb}", plan.pm.name()))
@@ -318,6 +327,6 @@ mod tests {
             exclude: vec!["--all".into()],
             ..Default::default()
         };
-        assert!(prepare(&bad).unwrap_err().contains("not a package name"));
+        assert!(prepare(&bad, &JobsConfig::default()).unwrap_err().contains("not a package name"));
     }
 }
