@@ -43,7 +43,9 @@ fn children_cpu_ms() -> f64 {
 fn time_command(command: &mut Command) -> Result<(Duration, f64), Box<dyn Error>> {
     let cpu = children_cpu_ms();
     let started = Instant::now();
-    let status = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit()).status()?;
+    // Output through a pipe, not /dev/null: GNU grep stops at the first match when its
+    // output is /dev/null, which would time nothing.
+    let status = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).output()?.status;
     let wall = started.elapsed();
     if !status.success() && status.code() != Some(1) {
         return Err(format!("{command:?} failed: {status}").into());
