@@ -76,7 +76,7 @@ impl Theirs {
         by_cpu.sort_by(|a, b| b.0.total_cmp(&a.0));
         by_cpu.truncate(10);
         let mut by_mem: Vec<_> = self.sys.processes().values().map(|p| (p.memory(), p.pid())).collect();
-        by_mem.sort_by(|a, b| b.0.cmp(&a.0));
+        by_mem.sort_by_key(|b| std::cmp::Reverse(b.0));
         by_mem.truncate(10);
         let listed: usize = by_cpu
             .iter()
