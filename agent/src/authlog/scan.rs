@@ -1,4 +1,4 @@
-//! Finds failure lines in a byte stream fast: large reads into one reused buffer, one
+//! Finds failure lines in a byte stream fast: cache-sized reads into one reused buffer, one
 //! aho-corasick pass per chunk over the failure markers, and only around a match are the
 //! line's boundaries found (memchr) and the line parsed. Non-matching text is never walked
 //! line by line, and no more than one chunk is ever held.
@@ -12,8 +12,11 @@ use super::parse::{Kind, LineParser, Programs, Verdict};
 use super::timestamp::SyslogClock;
 
 /// Most bytes held at once: large enough that syscalls and the per-chunk carry-over
-/// vanish in the cost, small enough to be no concern for the agent's memory.
-const CHUNK_BYTES: usize = 8 << 20;
+/// vanish in the cost (4,096 reads a GiB), small enough that the chunk the kernel copies
+/// in is still in the CPU's cache when the marker search reads it. Measured on a 1 GiB
+/// log (CPU time of read + marker search): 8 MiB chunks 390-480 ms, 256 KiB 290-360 ms;
+/// 64 KiB no better than 256 KiB.
+const CHUNK_BYTES: usize = 256 << 10;
 /// Smallest buffer used for small incremental reads.
 const MIN_BUFFER: usize = 64 << 10;
 

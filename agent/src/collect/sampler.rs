@@ -3,8 +3,8 @@
 //! (`crate::pools::COLLECTORS`), so a burst of snapshots cannot take the threads that
 //! job storage and auth-log scans need.
 //!
-//! It keeps only a couple of raw samples (the baselines) and never buffers more than
-//! STREAM_BUFFER snapshots for a stream; it never reads anything but what `collect` reads.
+//! It keeps only a couple of raw samples (the baselines, and the newest sample streams
+//! share) and never buffers more than STREAM_BUFFER snapshots for a stream; it never reads anything but what `collect` reads.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -101,6 +101,28 @@ where
     }
 }
 
+/// The newest sample a stream took. Streams whose ticks fall within SHARED_SAMPLE_AGE of
+/// each other read /proc once between them: fifty streams at 100 ms cost one process walk
+/// per 50 ms, not five hundred a second, and hold the same sample instead of fifty copies.
+static LATEST_SAMPLE: Mutex<Option<Arc<RawSample>>> = Mutex::new(None);
+/// Under half the shortest stream interval, so that a stream never gets the same sample
+/// as its previous one.
+const SHARED_SAMPLE_AGE: Duration = Duration::from_millis(40);
+const _: () = assert!(2 * SHARED_SAMPLE_AGE.as_millis() < MIN_STREAM_INTERVAL.as_millis());
+
+/// A sample at most SHARED_SAMPLE_AGE old: the one another stream just took, or a new one.
+async fn shared_sample() -> Result<Arc<RawSample>, Status> {
+    let recent = LATEST_SAMPLE.lock().ok().and_then(|g| g.clone()).filter(|s| s.age() < SHARED_SAMPLE_AGE);
+    if let Some(sample) = recent {
+        return Ok(sample);
+    }
+    let sample = Arc::new(blocking(super::sample).await?);
+    if let Ok(mut g) = LATEST_SAMPLE.lock() {
+        *g = Some(sample.clone());
+    }
+    Ok(sample)
+}
+
 /// Whether a stream may reuse socket tables read `age` ago: only while they would still
 /// be under NET_REFRESH old halfway to the next tick, so a 1 Hz stream always reads fresh.
 fn net_view_still_fresh(age: Duration, interval: Duration) -> bool {
@@ -109,7 +131,7 @@ fn net_view_still_fresh(age: Duration, interval: Duration) -> bool {
 
 /// The producer of one snapshot stream. Stops when the caller goes away (send fails or
 /// the channel closes), after `max_count`, or on shutdown; never buffers more than
-/// STREAM_BUFFER snapshots.
+/// STREAM_BUFFER snapshots, and takes no sample while they wait unread.
 pub async fn produce_snapshots(
     tx: mpsc::Sender<Result<Snapshot, Status>>,
     interval: Duration,
@@ -117,8 +139,8 @@ pub async fn produce_snapshots(
     max_count: u32,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut prev = match blocking(super::sample).await {
-        Ok(s) => Arc::new(s),
+    let mut prev = match shared_sample().await {
+        Ok(s) => s,
         Err(e) => {
             let _ = tx.send(Err(e)).await;
             return;
@@ -135,8 +157,17 @@ pub async fn produce_snapshots(
             _ = tx.closed() => return,
             _ = shutdown.wait_for(|v| *v) => return,
         }
-        let cur = match blocking(super::sample).await {
-            Ok(s) => Arc::new(s),
+        // A caller that does not read gets no work done for it: with its buffer full the
+        // tick is counted as dropped without reading /proc, so fifty never-reading
+        // streams cost fifty sleeping tasks, not five hundred /proc walks a second and
+        // the allocator churn that comes with them. The next snapshot it does read
+        // measures CPU over the longer window since the last sample (cpu_window_ms).
+        if tx.capacity() == 0 {
+            dropped += 1;
+            continue;
+        }
+        let cur = match shared_sample().await {
+            Ok(s) => s,
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
                 return;
