@@ -127,7 +127,7 @@ fn agent_check_refuses_a_cleanup_root_behind_a_symlink() {
     std::os::unix::fs::symlink(w.path("real"), w.path("via-link")).unwrap();
     let root = w.path("via-link/uploads");
     let out = check(&w.config("pki/agents/agent.pem", "pki/agents/agent.key", "pki/crl.pem", &root));
-    assert_refused(&out, "via-link", "symlink");
+    assert_refused(&out, "via-link", "is a symbolic link");
 }
 
 #[test]
