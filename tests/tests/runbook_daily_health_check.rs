@@ -138,3 +138,33 @@ async fn a_broken_stack_fails_and_each_problem_is_named_with_its_action_item() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test]
+async fn a_static_fleet_counts_no_ec2_instances_and_fills_app_url_with_each_hosts_address() {
+    tokio::time::timeout(LIMIT, async {
+        let moto = Moto::start();
+        let aws = moto.clients().await;
+        // An instance of the account that is not in the static fleet: never counted.
+        seed::instance(&aws, &[("Project", "Other"), ("Name", "elsewhere")], true).await;
+        let pki = TestPki::new();
+        let log = seed::auth_log(pki.path(), 1);
+        let agent = spawn_in_process(&pki, "", &format!("[auth_log]\npaths = [\"{}\"]\n", log.display())).await;
+        let site = web::http(200).await;
+        let fleet = format!(
+            "[fleet]\nsource = \"static\"\n[[fleet.hosts]]\nname = \"web-1\"\naddress = \"{}\"\nserver_name = \"localhost\"\n",
+            agent.local_addr()
+        );
+        let runbooks_toml = format!("app_url = \"http://{{host}}:{}/health\"", site.addr.port());
+        let ctx = seed::context_with_fleet(aws, &fleet, &runbooks_toml, Some(dialer(pki.operator_config())));
+        let report = runbooks::run(Which::DailyHealthCheck, &ctx).await;
+        let text = report.render_text();
+        assert!(report.check(daily::INSTANCES).is_none(), "no EC2 count for a static fleet: {text}");
+        assert!(!text.contains("elsewhere"), "{text}");
+        let conn = report.check(daily::CONNECTIVITY).unwrap();
+        assert_eq!(conn.status, Status::Ok, "{text}");
+        assert!(conn.details.iter().any(|d| d.contains(&format!("http://127.0.0.1:{}/health", site.addr.port()))), "{:?}", conn.details);
+        agent.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}

@@ -56,10 +56,14 @@ pub async fn run(ctx: &Context) -> Report {
         Ok(s) => stack_check(&rb.stack_name, s.as_ref()),
         Err(e) => Check::aws_error(STACK, e),
     });
-    report.checks.push(match &instances {
-        Ok(i) => instances_check(i),
-        Err(e) => Check::aws_error(INSTANCES, e),
-    });
+    // A static inventory is not discovered from EC2: there are no fleet instances to count
+    // (its hosts are asked through their agents below).
+    if ctx.fleet.source == crate::config::FleetSource::Ec2 {
+        report.checks.push(match &instances {
+            Ok(i) => instances_check(i),
+            Err(e) => Check::aws_error(INSTANCES, e),
+        });
+    }
     report.checks.push(match &dbs {
         Ok(d) => databases_check(d, &rb.db_instance_id),
         Err(e) => Check::aws_error(DATABASES, e),
@@ -116,7 +120,20 @@ async fn probe_all(ctx: &Context, running: &[Instance]) -> Vec<Probe> {
         crate::config::FleetSource::Static => ctx
             .agent_hosts(&[])
             .into_iter()
-            .map(|h| (h.name.clone(), h.url.clone().ok_or_else(|| "no url in [[fleet.hosts]]".to_string())))
+            .map(|h| {
+                // The host's own `url`, else `[runbooks] app_url` with `{host}` (the host part
+                // of its agent address) and `{name}`.
+                let url = match &h.url {
+                    Some(u) => Ok(u.clone()),
+                    None => {
+                        let host = ops_proto::tls::host_part(&h.address).to_string();
+                        let vars = super::config::TemplateVars { host: Some(&host), name: Some(&h.name), ..Default::default() };
+                        super::config::expand(&ctx.runbooks.app_url, &vars)
+                            .map_err(|why| format!("no url in [[fleet.hosts]] and [runbooks] app_url cannot be filled: {why}"))
+                    }
+                };
+                (h.name.clone(), url)
+            })
             .collect(),
         crate::config::FleetSource::Ec2 => {
             // `{host}` is the address discovery resolved for the instance's agent.

@@ -82,8 +82,13 @@ impl Context {
 
     /// The fleet's instances in every state but gone (the daily check shows stopped ones
     /// too; terminated instances are no longer part of the fleet and are never counted).
+    /// A static inventory has no EC2 instances: none are listed (an empty tag filter would
+    /// otherwise list every instance of the account).
     pub async fn tagged_instances(&self) -> Result<Vec<Instance>, AwsError> {
         const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+        if self.fleet.source == FleetSource::Static {
+            return Ok(Vec::new());
+        }
         self.bounded("EC2", "DescribeInstances", crate::aws::ec2::describe_instances(&self.aws.ec2, &self.fleet.tag_filters, &LIVE_STATES)).await
     }
 
