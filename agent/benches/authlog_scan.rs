@@ -1,5 +1,6 @@
 //! Throughput of a full auth log scan (`AuthLog::query(0, 10, true)`) over a synthetic
-//! auth log of ~1 GiB (`AUTHLOG_BENCH_BYTES` to change it), next to `grep -c` and `rg -c`
+//! auth log of ~1 GiB (`AUTHLOG_BENCH_BYTES` to change it, `AUTHLOG_BENCH_FILE` to keep
+//! it), next to `grep -c` and `rg -c`
 //! on the same file, page cache warm, the three run in turn as child processes (the scan is
 //! this binary run again with `AUTHLOG_SCAN_CHILD_FILE`), wall and CPU time each. Prints the throughput ratio
 //! to `rg -c` against the goal of 0.6. Run with `cargo bench -p agent --bench
@@ -82,7 +83,12 @@ fn main() -> Result<(), Box<dyn Error>> {
         Err(_) => DEFAULT_BYTES,
     };
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("auth.log");
+    // `AUTHLOG_BENCH_FILE` writes the log there and keeps it, for profiling one scan by
+    // hand: `AUTHLOG_SCAN_CHILD_FILE=<file> AUTHLOG_SCAN_CHILD_FAILURES=<n> <bench binary>`.
+    let path = match std::env::var_os("AUTHLOG_BENCH_FILE") {
+        Some(file) => std::path::PathBuf::from(file),
+        None => dir.path().join("auth.log"),
+    };
     let started = Instant::now();
     let written = generate(&path, target)?;
     println!(

@@ -1,5 +1,6 @@
 //! The failure events the agent remembers between queries, kept compact (24 bytes each,
-//! names interned, a repeated message one record with its count) and bounded: the oldest
+//! an IPv4 source inline, user names and IPv6 sources interned, display strings made only
+//! for what an answer shows, a repeated message one record with its count) and bounded: the oldest
 //! are evicted first and counted, the newest time evicted is kept so that an answer can
 //! say whether its window lost anything, and the name tables are rebuilt when evictions
 //! leave them mostly unused. Answers a query from memory;
@@ -20,35 +21,56 @@ const INTERN_SLACK: usize = 1024;
 struct Event {
     unix_ms: i64,
     user: u32,
-    /// [`NO_SOURCE`] for a local failure.
+    /// What `source_kind` says: nothing, an IPv4 address's bits, or an IPv6 source's id.
     source: u32,
     /// Attempts this record stands for (rsyslog's `message repeated N times`).
     count: u32,
     kind: u8,
+    source_kind: SourceKind,
 }
 
-/// The source id of an event without a remote address.
-const NO_SOURCE: u32 = u32::MAX;
+/// How an event's source is stored. An IPv4 address is kept in the event itself: interning
+/// it would cost a hash table lookup per failure line, and with the hundreds of thousands of
+/// distinct addresses of a sprayed log each lookup is a cache miss (it was the single most
+/// expensive step of a scan after the marker search). Fitting in the padding of [`Event`],
+/// this costs no memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SourceKind {
+    /// A local failure: no remote address.
+    None,
+    V4,
+    /// An id in [`EventStore::sources`].
+    V6,
+}
 
-/// Interns names: each distinct key is stored once, with its display form made once.
+/// A source as counted by [`EventStore::summarize`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SourceRef {
+    V4(u32),
+    V6(u32),
+}
+
+/// Interns names: each distinct key is stored once and numbered. Its display form is made
+/// only when an answer shows it: a log sprayed from a quarter of a million addresses would
+/// otherwise format and allocate a string for each, of which an answer shows ten.
 struct Interner<K> {
     ids: HashMap<K, u32>,
-    names: Vec<Box<str>>,
+    keys: Vec<K>,
 }
 
-impl<K: Hash + Eq> Interner<K> {
+impl<K: Hash + Eq + Clone> Interner<K> {
     fn new() -> Self {
         Interner {
             ids: HashMap::new(),
-            names: Vec::new(),
+            keys: Vec::new(),
         }
     }
 
     fn len(&self) -> usize {
-        self.names.len()
+        self.keys.len()
     }
 
-    fn intern<Q>(&mut self, key: &Q, display: impl FnOnce(&Q) -> String) -> u32
+    fn intern<Q>(&mut self, key: &Q) -> u32
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned + ?Sized,
@@ -58,14 +80,15 @@ impl<K: Hash + Eq> Interner<K> {
             return id;
         }
         // Compaction keeps the tables within a few times `max_events`, far below u32::MAX.
-        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
-        self.names.push(display(key).into_boxed_str());
-        self.ids.insert(key.to_owned().into(), id);
+        let id = u32::try_from(self.keys.len()).unwrap_or(u32::MAX);
+        let owned: K = key.to_owned().into();
+        self.keys.push(owned.clone());
+        self.ids.insert(owned, id);
         id
     }
 
-    fn name(&self, id: u32) -> &str {
-        self.names.get(id as usize).map_or("", |name| name)
+    fn key(&self, id: u32) -> Option<&K> {
+        self.keys.get(id as usize)
     }
 }
 
@@ -86,7 +109,8 @@ pub(crate) struct Summary {
 pub(crate) struct EventStore {
     events: VecDeque<Event>,
     users: Interner<Box<[u8]>>,
-    sources: Interner<IpAddr>,
+    /// IPv6 sources only (IPv4 ones are kept in the events).
+    sources: Interner<u128>,
     max_events: usize,
     evicted: u64,
     /// Latest time of an event that is not retained (evicted, or before a journal cursor
@@ -147,16 +171,19 @@ impl EventStore {
                 self.mark_unread_until(old.unix_ms);
             }
         }
-        let user = self
-            .users
-            .intern(user, |u| String::from_utf8_lossy(u).into_owned());
-        let source = source.map_or(NO_SOURCE, |s| self.sources.intern(&s, IpAddr::to_string));
+        let user = self.users.intern(user);
+        let (source_kind, source) = match source {
+            None => (SourceKind::None, 0),
+            Some(IpAddr::V4(v4)) => (SourceKind::V4, u32::from(v4)),
+            Some(IpAddr::V6(v6)) => (SourceKind::V6, self.sources.intern(&u128::from(v6))),
+        };
         self.events.push_back(Event {
             unix_ms,
             user,
             source,
             count,
             kind: kind as u8,
+            source_kind,
         });
         let limit = 2 * self.events.len() + INTERN_SLACK;
         if self.users.len() > limit || self.sources.len() > limit {
@@ -168,22 +195,15 @@ impl EventStore {
     fn compact(&mut self) {
         let old_users = std::mem::replace(&mut self.users, Interner::new());
         let old_sources = std::mem::replace(&mut self.sources, Interner::new());
-        let user_keys = invert(old_users.ids);
-        let source_keys = invert(old_sources.ids);
         for event in &mut self.events {
-            let user = event.user as usize;
-            if let (Some(Some(key)), Some(name)) = (user_keys.get(user), old_users.names.get(user))
-            {
-                event.user = self.users.intern::<[u8]>(key, |_| name.to_string());
+            if let Some(key) = old_users.key(event.user) {
+                event.user = self.users.intern::<[u8]>(key);
             }
-            let source = event.source as usize;
-            if event.source == NO_SOURCE {
+            if event.source_kind != SourceKind::V6 {
                 continue;
             }
-            if let (Some(Some(key)), Some(name)) =
-                (source_keys.get(source), old_sources.names.get(source))
-            {
-                event.source = self.sources.intern(key, |_| name.to_string());
+            if let Some(key) = old_sources.key(event.source) {
+                event.source = self.sources.intern(key);
             }
         }
     }
@@ -193,7 +213,9 @@ impl EventStore {
     pub(crate) fn summarize(&self, since_unix_ms: i64, top_n: usize) -> Summary {
         let mut summary = Summary::default();
         let mut per_user = vec![0u64; self.users.len()];
-        let mut per_source = vec![0u64; self.sources.len()];
+        let mut per_v6 = vec![0u64; self.sources.len()];
+        // (address, attempts) of each IPv4 event in the window, summed per address below.
+        let mut v4: Vec<(u32, u32)> = Vec::new();
         let mut oldest = i64::MAX;
         for event in &self.events {
             oldest = oldest.min(event.unix_ms);
@@ -212,50 +234,75 @@ impl EventStore {
             if let Some(count) = per_user.get_mut(event.user as usize) {
                 *count += n;
             }
-            if let Some(count) = per_source.get_mut(event.source as usize) {
-                *count += n;
+            match event.source_kind {
+                SourceKind::None => {}
+                SourceKind::V4 => v4.push((event.source, event.count)),
+                SourceKind::V6 => {
+                    if let Some(count) = per_v6.get_mut(event.source as usize) {
+                        *count += n;
+                    }
+                }
             }
         }
         summary.oldest_event_unix_ms = if oldest == i64::MAX { 0 } else { oldest };
-        summary.top_users = top(&per_user, top_n, |id| self.users.name(id));
-        summary.top_sources = top(&per_source, top_n, |id| self.sources.name(id));
+        let users = per_user
+            .iter()
+            .zip(0u32..)
+            .filter(|(count, _)| **count > 0)
+            .map(|(count, id)| (*count, id))
+            .collect();
+        summary.top_users = top(users, top_n, |id| {
+            self.users
+                .key(id)
+                .map_or_else(String::new, |u| String::from_utf8_lossy(u).into_owned())
+        });
+        v4.sort_unstable_by_key(|(address, _)| *address);
+        let mut sources: Vec<(u64, SourceRef)> = Vec::new();
+        for group in v4.chunk_by(|a, b| a.0 == b.0) {
+            let count = group.iter().map(|(_, n)| u64::from(*n)).sum();
+            sources.push((count, SourceRef::V4(group[0].0)));
+        }
+        sources.extend(
+            per_v6
+                .iter()
+                .zip(0u32..)
+                .filter(|(count, _)| **count > 0)
+                .map(|(count, id)| (*count, SourceRef::V6(id))),
+        );
+        summary.top_sources = top(sources, top_n, |source| match source {
+            SourceRef::V4(bits) => std::net::Ipv4Addr::from(bits).to_string(),
+            SourceRef::V6(id) => self
+                .sources
+                .key(id)
+                .map_or_else(String::new, |bits| std::net::Ipv6Addr::from(*bits).to_string()),
+        });
         summary
     }
 }
 
-fn invert<K>(ids: HashMap<K, u32>) -> Vec<Option<K>> {
-    let mut keys: Vec<Option<K>> = Vec::new();
-    keys.resize_with(ids.len(), || None);
-    for (key, id) in ids {
-        if let Some(slot) = keys.get_mut(id as usize) {
-            *slot = Some(key);
-        }
-    }
-    keys
-}
-
-/// The `n` largest non-zero counts, most frequent first, ties by name.
-fn top<'a>(counts: &[u64], n: usize, name: impl Fn(u32) -> &'a str) -> Vec<(String, u64)> {
-    let mut ranked: Vec<(u64, u32)> = counts
-        .iter()
-        .zip(0u32..)
-        .filter(|(count, _)| **count > 0)
-        .map(|(count, id)| (*count, id))
-        .collect();
-    let order =
-        |a: &(u64, u32), b: &(u64, u32)| b.0.cmp(&a.0).then_with(|| name(a.1).cmp(name(b.1)));
+/// The `n` largest of `ranked` (non-zero counts), most frequent first, ties by name. Only
+/// the names that can make the cut are formatted: those whose count reaches the `n`-th
+/// largest.
+fn top<T: Copy>(
+    mut ranked: Vec<(u64, T)>,
+    n: usize,
+    name: impl Fn(T) -> String,
+) -> Vec<(String, u64)> {
     if n == 0 {
         return Vec::new();
     }
     if ranked.len() > n {
-        ranked.select_nth_unstable_by(n - 1, order);
-        ranked.truncate(n);
+        ranked.select_nth_unstable_by(n - 1, |a, b| b.0.cmp(&a.0));
+        let cut = ranked[n - 1].0;
+        ranked.retain(|(count, _)| *count >= cut);
     }
-    ranked.sort_unstable_by(order);
-    ranked
+    let mut named: Vec<(String, u64)> = ranked
         .into_iter()
-        .map(|(count, id)| (name(id).to_owned(), count))
-        .collect()
+        .map(|(count, id)| (name(id), count))
+        .collect();
+    named.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    named.truncate(n);
+    named
 }
 
 #[cfg(test)]
@@ -301,6 +348,33 @@ mod tests {
         assert_eq!(recent.total, 3);
         assert_eq!(recent.top_users.len(), 3);
         assert_eq!(recent.oldest_event_unix_ms, 1_000);
+    }
+
+    #[test]
+    fn inline_ipv4_and_interned_ipv6_sources_rank_together_by_count_then_name() {
+        let mut store = EventStore::new(100);
+        for (ms, source) in [
+            (1, "2001:db8::1"),
+            (2, "192.0.2.10"),
+            (3, "2001:db8::1"),
+            (4, "192.0.2.10"),
+            (5, "192.0.2.9"),
+            (6, "::ffff:192.0.2.9"),
+        ] {
+            store.push(ms, Kind::InvalidUser, b"x", Some(ip(source).to_canonical()), 1);
+        }
+        store.push(7, Kind::LocalAuth, b"x", None, 1);
+        let summary = store.summarize(0, 3);
+        assert_eq!(
+            summary.top_sources,
+            vec![
+                ("192.0.2.10".to_owned(), 2),
+                ("192.0.2.9".to_owned(), 2),
+                ("2001:db8::1".to_owned(), 2),
+            ]
+        );
+        assert_eq!(store.summarize(0, 2).top_sources.len(), 2);
+        assert_eq!(store.summarize(5, 10).top_sources, vec![("192.0.2.9".to_owned(), 2)]);
     }
 
     #[test]
