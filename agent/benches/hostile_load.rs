@@ -1,6 +1,7 @@
 //! Benchmark: the `dist` agent under never-reading clients. 50 snapshot streams at 100 ms
 //! and 50 WatchJob streams on one long-running job, none of them ever read, held for 60 s
-//! (`HOSTILE_BENCH_SECS`); the agent's RSS (VmRSS and RssAnon from /proc) before, every 5 s
+//! (`HOSTILE_BENCH_SECS`); the agent's RSS (VmRSS and RssAnon from /proc) before (after
+//! start, and warm after one short snapshot stream), every 5 s
 //! during, and 10 s after the clients are dropped, plus GetHostInfo latency meanwhile.
 //! The bound: RSS <= 16 MB during the load and back near baseline afterwards.
 //!
@@ -85,7 +86,11 @@ async fn connect(dir: &Path, addr: &str) -> AgentClient<Channel> {
 }
 
 fn main() {
-    let secs: u64 = std::env::var("HOSTILE_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let knob = |name: &str, default: u64| std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    let secs = knob("HOSTILE_BENCH_SECS", 60);
+    // Fewer of either kind, to see which one the memory goes to.
+    let snapshots = knob("HOSTILE_BENCH_SNAPSHOT_STREAMS", STREAMS as u64) as usize;
+    let watchers = knob("HOSTILE_BENCH_WATCHES", STREAMS as u64) as usize;
     let bin = dist_agent();
     let dir = tempfile::tempdir().unwrap();
     make_pki(dir.path());
@@ -115,6 +120,15 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let baseline = rss(pid);
         println!("baseline: VmRSS {} KiB, RssAnon {} KiB", baseline.0, baseline.1);
+        // The warm baseline: the same agent after it has served one short snapshot stream
+        // that was read to its end, so that what the first snapshot loads once (socket
+        // tables, user names, the CPU baselines) is not counted as the load's growth.
+        let req = StreamSnapshotsRequest { interval_ms: 100, top_n: 10, max_count: 3 };
+        let mut warmup = ping.stream_snapshots(req).await.unwrap().into_inner();
+        while warmup.message().await.unwrap().is_some() {}
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let warm = rss(pid);
+        println!("warm baseline (after one 3-snapshot stream, read): VmRSS {} KiB, RssAnon {} KiB", warm.0, warm.1);
 
         let job = ping
             .start_job(ops_proto::v1::StartJobRequest {
@@ -135,21 +149,21 @@ fn main() {
         // and the HTTP/2 windows fill up on the agent's side.
         let (mut held, mut watches) = (Vec::new(), Vec::new());
         let mut clients = Vec::new();
-        for c in 0..(2 * STREAMS).div_ceil(STREAMS_PER_CONNECTION) {
+        for c in 0..(snapshots + watchers).div_ceil(STREAMS_PER_CONNECTION) {
             let mut client = connect(dir.path(), &addr).await;
             for s in 0..STREAMS_PER_CONNECTION {
                 let n = c * STREAMS_PER_CONNECTION + s;
-                if n < STREAMS {
+                if n < snapshots {
                     let req = StreamSnapshotsRequest { interval_ms: 100, top_n: 10, max_count: 0 };
                     held.push(client.stream_snapshots(req).await.unwrap().into_inner());
-                } else if n < 2 * STREAMS {
+                } else if n < snapshots + watchers {
                     let req = WatchJobRequest { job_id: job.id.clone(), from_offset: 0 };
                     watches.push(client.watch_job(req).await.unwrap().into_inner());
                 }
             }
             clients.push(client);
         }
-        println!("opened {STREAMS} snapshot streams (100 ms) + {STREAMS} job watches on {} connections", clients.len());
+        println!("opened {snapshots} snapshot streams (100 ms) + {watchers} job watches on {} connections", clients.len());
 
         let start = Instant::now();
         let mut samples = Vec::new();
@@ -181,8 +195,8 @@ fn main() {
         }
         println!("peak: VmRSS {peak} KiB, RssAnon {peak_anon} KiB (bound {RSS_BOUND_KB} KiB VmRSS)");
         println!(
-            "after: VmRSS {} KiB, RssAnon {} KiB, 10 s after the clients were dropped (baseline {} / {})",
-            after.0, after.1, baseline.0, baseline.1
+            "after: VmRSS {} KiB, RssAnon {} KiB, 10 s after the clients were dropped (baseline {} / {}, warm {} / {})",
+            after.0, after.1, baseline.0, baseline.1, warm.0, warm.1
         );
         println!(
             "GetHostInfo during the load: {} calls, median {:.2} ms, max {:.2} ms",

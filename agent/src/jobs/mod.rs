@@ -31,7 +31,9 @@ use store::StoreError;
 /// Output bytes per `OutputChunk` of a watch.
 pub const WATCH_CHUNK_BYTES: usize = 64 * 1024;
 /// Events buffered per watcher: a slow watcher holds at most this many chunks in memory.
-pub const WATCH_CHANNEL_CAPACITY: usize = 8;
+/// Two keep the next chunk read while the previous one is sent; with eight, fifty watchers
+/// that stop reading a job with much output could hold 25 MiB between them.
+pub const WATCH_CHANNEL_CAPACITY: usize = 2;
 /// Jobs listed when the caller asks for 0.
 pub const DEFAULT_LIST_LIMIT: usize = 50;
 /// Most jobs in one `ListJobs` page, whatever the caller asks.

@@ -2,7 +2,7 @@
 //! the job's final record.
 //!
 //! Reads from disk in `WATCH_CHUNK_BYTES` pieces into a channel of
-//! `WATCH_CHANNEL_CAPACITY` events, so a watcher costs at most a few hundred KiB
+//! `WATCH_CHANNEL_CAPACITY` events, so a watcher costs at most a couple of chunks
 //! whatever the output's size, and a slow watcher slows only itself. Each chunk carries
 //! its offset: a watcher that reconnects from `offset + data.len()` of the last chunk it
 //! got misses nothing and sees nothing twice.
