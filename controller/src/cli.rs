@@ -337,7 +337,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fleet(FleetCommand::Ping { stats }) => {
             let cfg = source.load()?;
             let hosts = fleet::discover(&cfg).await?;
-            let dialer = Dialer::from_config(&cfg)?;
+            let dialer = Dialer::from_config(&cfg)?.with_progress(crate::progress::wanted(output));
             let rows = ping::ping(&dialer, &hosts, stats).await;
             match output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),

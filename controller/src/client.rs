@@ -30,6 +30,8 @@ pub struct Dialer {
     config: Arc<ClientConfig>,
     timeouts: DialTimeouts,
     concurrency: usize,
+    /// Whether `fan_out` draws a progress bar (a person at a terminal; `progress::wanted`).
+    progress: bool,
 }
 
 impl Dialer {
@@ -42,12 +44,19 @@ impl Dialer {
                 request: Some(cfg.fleet.request_timeout),
             },
             concurrency: cfg.fleet.concurrency,
+            progress: false,
         })
     }
 
     /// A dialer from parts (tests build their own TLS configs).
     pub fn new(config: Arc<ClientConfig>, timeouts: DialTimeouts, concurrency: usize) -> Dialer {
-        Dialer { config, timeouts, concurrency: concurrency.max(1) }
+        Dialer { config, timeouts, concurrency: concurrency.max(1), progress: false }
+    }
+
+    /// The same dialer, drawing a progress bar over its fan-outs when `on`.
+    pub fn with_progress(mut self, on: bool) -> Dialer {
+        self.progress = on;
+        self
     }
 
     /// Opens a connection to one host's agent.
@@ -64,20 +73,24 @@ impl Dialer {
     }
 
     /// Runs `f` against every host, at most `concurrency` at a time; results come back
-    /// in the order of `hosts`.
-    pub async fn fan_out<'a, T, F, Fut>(&self, hosts: &'a [Host], f: F) -> Vec<(&'a Host, T)>
+    /// in the order of `hosts`. With progress on, a bar counts the hosts done as `what`
+    /// ("hosts answered"); it is cleared before this returns.
+    pub async fn fan_out<'a, T, F, Fut>(&self, hosts: &'a [Host], what: &'static str, f: F) -> Vec<(&'a Host, T)>
     where
         F: Fn(Dialer, &'a Host) -> Fut,
         Fut: Future<Output = T> + 'a,
     {
+        let bar = crate::progress::HostProgress::new(self.progress, hosts.len(), what);
         let mut out: Vec<(usize, &'a Host, T)> = stream::iter(hosts.iter().enumerate())
             .map(|(i, h)| {
                 let fut = f(self.clone(), h);
                 async move { (i, h, fut.await) }
             })
             .buffer_unordered(self.concurrency)
+            .inspect(|_| bar.inc())
             .collect()
             .await;
+        drop(bar);
         out.sort_by_key(|(i, _, _)| *i);
         out.into_iter().map(|(_, h, t)| (h, t)).collect()
     }
@@ -93,29 +106,28 @@ pub fn call_error(status: &tonic::Status) -> ConnectError {
             ConnectError::classify(status)
         }
         Code::DeadlineExceeded => ConnectError::new(FailureKind::TimedOut, status.message().to_string()),
-        code => ConnectError::new(FailureKind::Agent, format!("{}: {}", code_name(code), status.message())),
+        // tonic's own wording of the code, so that it stays in step with the gRPC spec.
+        code => ConnectError::new(FailureKind::Agent, format!("{}: {}", code.description(), status.message())),
     }
 }
 
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "ok",
-        Cancelled => "cancelled",
-        Unknown => "unknown error",
-        InvalidArgument => "invalid argument",
-        DeadlineExceeded => "deadline exceeded",
-        NotFound => "not found",
-        AlreadyExists => "already exists",
-        PermissionDenied => "permission denied",
-        ResourceExhausted => "resource exhausted",
-        FailedPrecondition => "failed precondition",
-        Aborted => "aborted",
-        OutOfRange => "out of range",
-        Unimplemented => "not implemented by this agent",
-        Internal => "agent internal error",
-        Unavailable => "unavailable",
-        DataLoss => "data loss",
-        Unauthenticated => "unauthenticated",
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agents_refusal_keeps_its_message_after_tonics_description_of_the_code() {
+        let e = call_error(&tonic::Status::permission_denied("viewer may not start jobs"));
+        assert_eq!(e.kind, FailureKind::Agent);
+        assert_eq!(e.detail, format!("{}: viewer may not start jobs", tonic::Code::PermissionDenied.description()));
+        assert_eq!(e.to_string(), format!("agent error: {}", e.detail));
+        let e = call_error(&tonic::Status::not_found("no job j-1"));
+        assert_eq!(e.detail, format!("{}: no job j-1", tonic::Code::NotFound.description()));
+    }
+
+    #[test]
+    fn a_deadline_is_a_timeout_not_an_agent_refusal() {
+        let e = call_error(&tonic::Status::deadline_exceeded("slow"));
+        assert_eq!(e.kind, FailureKind::TimedOut);
     }
 }

@@ -12,6 +12,7 @@ pub mod db;
 pub mod fleet;
 pub mod install;
 pub mod output;
+pub mod progress;
 pub mod runbooks;
 pub mod pki;
 pub mod rollout;

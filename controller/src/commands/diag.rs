@@ -182,7 +182,7 @@ pub async fn run(dialer: &Dialer, host: &Host, opts: &DiagOptions, out: &mut dyn
                 Err(e) if is_retryable(&e) && shown > 0 && failures < MAX_RECONNECTS => {
                     failures += 1;
                     reconnect_note(host, &e.to_string(), failures);
-                    tokio::time::sleep(crate::commands::job::retry_delay(failures)).await;
+                    tokio::time::sleep(crate::commands::backoff::retry_delay(failures)).await;
                     continue;
                 }
                 Err(e) => return Err(wrap(e)),
@@ -219,7 +219,7 @@ pub async fn run(dialer: &Dialer, host: &Host, opts: &DiagOptions, out: &mut dyn
         }
         let why = ended.map(|e| e.to_string()).unwrap_or_else(|| "the agent ended the stream".into());
         reconnect_note(host, &why, failures);
-        tokio::time::sleep(crate::commands::job::retry_delay(failures)).await;
+        tokio::time::sleep(crate::commands::backoff::retry_delay(failures)).await;
     }
 }
 

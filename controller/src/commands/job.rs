@@ -16,20 +16,12 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use crate::client::{call_error, Dialer};
+use crate::commands::backoff::retry_delay;
 use crate::fleet::Host;
 use crate::output::{human_bytes, OutputFormat, Table};
 
 /// Reconnection attempts in a row without progress before a watch gives up.
 pub const MAX_WATCH_RETRIES: u32 = 8;
-/// First pause before reconnecting; doubled each time up to the cap.
-const RETRY_BASE: Duration = Duration::from_millis(250);
-const RETRY_CAP: Duration = Duration::from_secs(5);
-
-/// The pause before reconnect attempt `attempt` (1-based): exponential with a cap.
-pub fn retry_delay(attempt: u32) -> Duration {
-    let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
-    RETRY_BASE.saturating_mul(factor).min(RETRY_CAP)
-}
 
 /// A job kind as the user typed it.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -261,8 +253,9 @@ pub async fn watch<W: Write + ?Sized>(
                     if retries > MAX_WATCH_RETRIES {
                         return Err(JobCmdError::Call { host: host.name.clone(), source: e });
                     }
-                    tracing::warn!("{}: {e}; reconnecting in {:?}", host.name, retry_delay(retries));
-                    tokio::time::sleep(retry_delay(retries)).await;
+                    let pause = retry_delay(retries);
+                    tracing::warn!("{}: {e}; reconnecting in {pause:?}", host.name);
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
             }
@@ -398,16 +391,6 @@ pub fn render_list(jobs: &[Job]) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_delay_doubles_then_caps() {
-        assert_eq!(retry_delay(1), Duration::from_millis(250));
-        assert_eq!(retry_delay(2), Duration::from_millis(500));
-        assert_eq!(retry_delay(4), Duration::from_secs(2));
-        assert_eq!(retry_delay(6), RETRY_CAP);
-        assert_eq!(retry_delay(40), RETRY_CAP);
-        assert_eq!(retry_delay(0), Duration::from_millis(250));
-    }
 
     #[test]
     fn cleanup_args_become_one_rule() {

@@ -1,5 +1,6 @@
 //! One module per controller subcommand.
 
+pub mod backoff;
 pub mod diag;
 pub mod ping;
 pub mod top;

@@ -80,7 +80,7 @@ impl From<ops_proto::v1::AgentStats> for AgentStatsView {
 /// Pings every host concurrently (bounded by the dialer's concurrency).
 pub async fn ping(dialer: &Dialer, hosts: &[Host], with_stats: bool) -> Vec<PingRow> {
     dialer
-        .fan_out(hosts, |d, h| async move { ping_one(&d, h, with_stats).await })
+        .fan_out(hosts, "hosts answered", |d, h| async move { ping_one(&d, h, with_stats).await })
         .await
         .into_iter()
         .map(|(_, row)| row)

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
 use crate::client::{call_error, Dialer};
-use crate::commands::job::retry_delay;
+use crate::commands::backoff::retry_delay;
 use crate::fleet::Host;
 use crate::output::{OutputFormat, Table};
 

@@ -110,7 +110,7 @@ where
     Fut: Future<Output = Result<T, tonic::Status>>,
 {
     dialer
-        .fan_out(hosts, |d, h| {
+        .fan_out(hosts, "hosts asked", |d, h| {
             let ask = ask.clone();
             async move {
                 let answer = async {

@@ -162,7 +162,9 @@ pub async fn cli(which: Which, cfg: &ControllerConfig, output: OutputFormat, arg
     if let Some(d) = args.deadline {
         cfg.runbooks.deadline = d;
     }
-    let ctx = Context::from_config(&cfg).await?;
+    let mut ctx = Context::from_config(&cfg).await?;
+    // A bar over the agent fan-out for a person at a terminal; never in piped or JSON output.
+    ctx.dialer = ctx.dialer.map(|d| d.with_progress(crate::progress::wanted(output)));
     let report = run(which, &ctx).await;
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()),
