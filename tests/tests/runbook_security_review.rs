@@ -166,7 +166,7 @@ async fn a_port_the_host_listens_on_and_its_groups_open_to_the_world_fails_and_i
         let (exposed_port, private_port) = (exposed.local_addr().unwrap().port(), private.local_addr().unwrap().port());
         let group = seed::open_group(&aws, "techhealth-app", i32::from(exposed_port), "0.0.0.0/0").await;
         let agent_addr = agent.local_addr().to_string();
-        seed::instance_in_groups(&aws, &[("Project", "TechHealth"), ("Name", "web-1"), ("Agent", &agent_addr)], true, &[group.clone()]).await;
+        seed::instance_in_groups(&aws, &[("Project", "TechHealth"), ("Name", "web-1"), ("Agent", &agent_addr)], true, std::slice::from_ref(&group)).await;
         seed::database(&aws, "techhealth-database", 7, true, false).await;
 
         let ctx = seed::context(aws, "", Some(dialer(pki.operator_config())));

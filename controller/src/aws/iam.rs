@@ -41,6 +41,9 @@ pub async fn list_users(client: &Client) -> Result<Vec<IamUser>, AwsError> {
         .collect())
 }
 
+/// An active access key: when it was last rotated and last used (None: never / unknown).
+pub type KeyUse = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// One row of the IAM credential report: a user (or `<root_account>`) with the state and
 /// last use of each credential.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -51,7 +54,7 @@ pub struct CredentialRow {
     pub password_last_used: Option<DateTime<Utc>>,
     pub mfa_active: bool,
     /// Active access keys: (last rotated, last used).
-    pub active_keys: Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+    pub active_keys: Vec<KeyUse>,
 }
 
 impl CredentialRow {

@@ -156,7 +156,7 @@ async fn probe_all(ctx: &Context, running: &[Instance]) -> Vec<Probe> {
                     _ => Some(
                         tokio::time::timeout_at(ctx.deadline, probe::http_status(u, timeout))
                             .await
-                            .unwrap_or_else(|_| Err(probe::ProbeError::Deadline))
+                            .unwrap_or(Err(probe::ProbeError::Deadline))
                             .map_err(|e| e.to_string()),
                     ),
                 },

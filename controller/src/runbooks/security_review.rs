@@ -403,7 +403,7 @@ async fn tls_probes(ctx: &Context, instances: &[crate::aws::ec2::Instance]) -> V
                 Ok(ep) => Some(match roots {
                     Ok(roots) => tokio::time::timeout_at(ctx.deadline, probe::fetch_certificate(ep, server_name, roots.clone(), timeout))
                         .await
-                        .unwrap_or_else(|_| Err(probe::ProbeError::Deadline))
+                        .unwrap_or(Err(probe::ProbeError::Deadline))
                         .map_err(|e| e.to_string()),
                     Err(why) => Err(format!("not probed: {why}")),
                 }),
@@ -470,12 +470,15 @@ pub fn tls_check(probes: &[TlsProbe], now: DateTime<Utc>) -> Check {
     Check::new(TLS, status, summary).details(details)
 }
 
+/// One world-open inbound rule of an instance: (group id, protocol, from port, to port).
+type WorldOpen = (String, String, Option<i32>, Option<i32>);
+
 /// What the security groups open to the whole internet, per instance: the facts the
 /// listening-ports check weighs each socket against.
 #[derive(Debug, Clone, Default)]
 pub struct Exposure {
     /// instance id -> its world-open rules (group id, protocol, from, to).
-    open: BTreeMap<String, Vec<(String, String, Option<i32>, Option<i32>)>>,
+    open: BTreeMap<String, Vec<WorldOpen>>,
     /// The groups could be read: without them exposure is unknown, never assumed safe.
     known: bool,
 }
