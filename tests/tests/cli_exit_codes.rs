@@ -7,42 +7,17 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use chrono::Utc;
 use e2e::support::agent::{config_text, write_config, AgentProcess};
 use e2e::support::aws_seed as seed;
 use e2e::support::certs::TestPki;
+use e2e::support::controller::{run_clean as controller, static_config as controller_config};
 use e2e::support::moto::{Moto, REGION};
 use e2e::support::{binary, free_port};
 
-/// A controller config: the test PKI, a static fleet of `hosts`, then `extra` TOML.
-fn controller_config(pki: &TestPki, hosts: &[(&str, String)], extra: &str) -> PathBuf {
-    let mut text = format!(
-        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n[fleet]\nsource = \"static\"\nconnect_timeout = \"2s\"\n",
-        pki.ca_file.display(),
-        pki.operator.cert.display(),
-        pki.operator.key.display()
-    );
-    for (name, addr) in hosts {
-        text.push_str(&format!("[[fleet.hosts]]\nname = \"{name}\"\naddress = \"{addr}\"\nserver_name = \"localhost\"\n"));
-    }
-    let p = pki.path().join("controller.toml");
-    std::fs::write(&p, text).unwrap();
-    p
-}
 
-/// Runs the controller with only the environment given; returns (code, stdout, stderr).
-fn controller(env: &[(&str, String)], config: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(binary("controller"));
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("HOME", "/nonexistent");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.arg("--config").arg(config).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 /// An agent process with three actions: one that succeeds, one that fails, one that runs long.
 fn agent_with_actions(pki: &TestPki) -> AgentProcess {

@@ -9,22 +9,13 @@ use std::process::Command;
 
 use e2e::support::agent::{config_text, write_config, AgentProcess};
 use e2e::support::certs::TestPki;
+use e2e::support::controller::{run, static_config};
 use e2e::support::moto::Moto;
 use e2e::support::{binary, free_port};
 
+
 fn controller_config(pki: &TestPki, hosts: &[(&str, String)]) -> PathBuf {
-    let mut text = format!(
-        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[fleet]\nsource = \"static\"\nconnect_timeout = \"2s\"\n",
-        pki.ca_file.display(),
-        pki.operator.cert.display(),
-        pki.operator.key.display()
-    );
-    for (name, addr) in hosts {
-        text.push_str(&format!("[[fleet.hosts]]\nname = \"{name}\"\naddress = \"{addr}\"\nserver_name = \"localhost\"\n"));
-    }
-    let p = pki.path().join("controller.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+    static_config(pki, hosts, "")
 }
 
 /// A live agent and two hosts that do not answer.
@@ -48,10 +39,6 @@ fn assert_no_progress(what: &str, text: &str) {
     }
 }
 
-fn run(cfg: &Path, env: &[(&str, String)], args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(binary("controller")).envs(env.iter().cloned()).arg("--config").arg(cfg).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 #[test]
 fn fleet_ping_with_piped_output_draws_no_progress_in_table_or_json() {

@@ -8,30 +8,17 @@ use std::process::Command;
 
 use e2e::support::agent::{config_text, write_config, AgentProcess};
 use e2e::support::certs::TestPki;
+use e2e::support::controller::{run, static_config};
 use e2e::support::{binary, free_port};
 
+
+
 fn controller_config(pki: &TestPki, hosts: &[(&str, String)]) -> PathBuf {
-    let mut text = format!(
-        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[fleet]\nsource = \"static\"\nconnect_timeout = \"2s\"\n",
-        pki.ca_file.display(),
-        pki.operator.cert.display(),
-        pki.operator.key.display()
-    );
-    for (name, addr) in hosts {
-        text.push_str(&format!("[[fleet.hosts]]\nname = \"{name}\"\naddress = \"{addr}\"\nserver_name = \"localhost\"\n"));
-    }
-    let p = pki.path().join("controller.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+    static_config(pki, hosts, "")
 }
 
-fn controller(config: &PathBuf, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(binary("controller")).arg("--config").arg(config).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+fn controller(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    run(config, &[], args)
 }
 
 fn start_agent(pki: &TestPki) -> AgentProcess {

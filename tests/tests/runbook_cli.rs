@@ -4,36 +4,15 @@
 //! not run: no credentials, AWS unreachable, bad configuration).
 #![allow(clippy::unwrap_used)] // test code: a failed step should stop the test
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use e2e::support::aws_seed as seed;
 use e2e::support::certs::TestPki;
+use e2e::support::controller::{ec2_config as config, run_clean as controller};
 use e2e::support::moto::{Moto, REGION};
 use e2e::support::{binary, free_port};
 
-fn config(pki: &TestPki, extra: &str) -> PathBuf {
-    let text = format!(
-        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[fleet]\nsource = \"ec2\"\ntag_filters = {{ Project = \"TechHealth\" }}\naddress = \"tag:Agent\"\n{extra}",
-        pki.ca_file.display(),
-        pki.operator.cert.display(),
-        pki.operator.key.display()
-    );
-    let p = pki.path().join("controller.toml");
-    std::fs::write(&p, text).unwrap();
-    p
-}
 
-/// Runs the controller with only the environment given (no AWS_* from the caller).
-fn controller(env: &[(&str, String)], config: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(binary("controller"));
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("HOME", "/nonexistent");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.arg("--config").arg(config).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 /// A world whose backups are all in order: a database kept a week, and a fleet instance
 /// whose volume has a fresh automated snapshot.
