@@ -82,13 +82,7 @@ impl PeerIdentity {
     pub fn from_der(der: &[u8]) -> Result<PeerIdentity, IdentityError> {
         let (_, cert) = X509Certificate::from_der(der)
             .map_err(|e| IdentityError::Parse(e.to_string()))?;
-        let name = cert
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .unwrap_or("unknown")
-            .to_string();
+        let name = common_name(&cert);
         let mut role_claim = String::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for gn in &san.value.general_names {
@@ -125,3 +119,8 @@ pub enum IdentityError {
     #[error("cannot parse the client certificate: {0}")]
     Parse(String),
 }
+/// The subject's common name, or "unknown" when it has none.
+pub(crate) fn common_name(cert: &X509Certificate<'_>) -> String {
+    cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or("unknown").to_string()
+}
+

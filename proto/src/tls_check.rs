@@ -65,13 +65,7 @@ pub fn check_identity(paths: &TlsPaths, usage: Usage, now: SystemTime) -> Result
 fn validity(path: &Path, what: &str, der: &CertificateDer<'_>, now: SystemTime) -> Result<CertReport, TlsError> {
     let bad = |reason: String| TlsError::BadCertificate { path: path.to_path_buf(), reason };
     let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| bad(format!("{what} does not parse: {e}")))?;
-    let name = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .unwrap_or("unknown")
-        .to_string();
+    let name = crate::identity::common_name(&cert);
     let now_secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let v = cert.validity();
     if v.not_after.timestamp() < now_secs {

@@ -14,14 +14,17 @@ use e2e::support::{binary, free_port};
 
 
 
-/// A world whose backups are all in order: a database kept a week, and a fleet instance
+/// A fresh moto whose backups are all in order: a database kept a week, and a fleet instance
 /// whose volume has a fresh automated snapshot.
-async fn backup_world(aws: &controller::aws::AwsClients) {
-    seed::database(aws, "techhealth-database", 7, true, false).await;
-    let web = seed::instance(aws, &[("Project", "TechHealth"), ("Name", "web-1")], true).await;
-    for vol in seed::volumes_of(aws, &web).await {
-        seed::snapshot_of(aws, &vol, &[("Purpose", "Automated")]).await;
+async fn backup_world() -> Moto {
+    let moto = Moto::start();
+    let aws = moto.clients().await;
+    seed::database(&aws, "techhealth-database", 7, true, false).await;
+    let web = seed::instance(&aws, &[("Project", "TechHealth"), ("Name", "web-1")], true).await;
+    for vol in seed::volumes_of(&aws, &web).await {
+        seed::snapshot_of(&aws, &vol, &[("Purpose", "Automated")]).await;
     }
+    moto
 }
 
 fn day() -> String {
@@ -55,9 +58,7 @@ async fn daily_health_check_writes_both_reports_and_exits_1_when_a_check_fails()
 
 #[tokio::test]
 async fn backup_verify_prints_json_and_exits_0_when_all_is_well() {
-    let moto = Moto::start();
-    let aws = moto.clients().await;
-    backup_world(&aws).await;
+    let moto = backup_world().await;
     let pki = TestPki::new();
     let cfg = config(&pki, &format!("[aws]\nregion = \"{REGION}\"\nendpoint_url = \"{}\"\n", moto.endpoint()));
     let env: Vec<(&str, String)> = moto.env().into_iter().filter(|(k, _)| *k != "AWS_ENDPOINT_URL" && *k != "AWS_REGION").collect();
@@ -113,9 +114,7 @@ fn an_invalid_config_exits_2_naming_the_key() {
 
 #[tokio::test]
 async fn an_unwritable_report_folder_loses_nothing_the_results_come_first_then_the_error_and_exit_2() {
-    let moto = Moto::start();
-    let aws = moto.clients().await;
-    backup_world(&aws).await;
+    let moto = backup_world().await;
     let pki = TestPki::new();
     let cfg = config(&pki, "");
     // A folder below a regular file cannot be made, even by root.
@@ -130,9 +129,7 @@ async fn an_unwritable_report_folder_loses_nothing_the_results_come_first_then_t
 
 #[tokio::test]
 async fn reports_go_to_the_state_folder_by_default_and_the_path_is_printed() {
-    let moto = Moto::start();
-    let aws = moto.clients().await;
-    backup_world(&aws).await;
+    let moto = backup_world().await;
     let pki = TestPki::new();
     let cfg = config(&pki, "");
     let state = pki.path().join("state");

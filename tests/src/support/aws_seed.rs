@@ -163,16 +163,7 @@ pub async fn ebs_snapshot(aws: &AwsClients, tags: &[(&str, &str)], encrypted: bo
         .send()
         .await
         .expect("CreateVolume");
-    let snap = aws
-        .ec2
-        .create_snapshot()
-        .volume_id(vol.volume_id().expect("volume id"))
-        .description("test")
-        .tag_specifications(tag_spec(ResourceType::Snapshot, tags))
-        .send()
-        .await
-        .expect("CreateSnapshot");
-    snap.snapshot_id().expect("snapshot id").to_string()
+    snapshot_of(aws, vol.volume_id().expect("volume id"), tags).await
 }
 
 /// A snapshot of one given volume, with tags.
