@@ -431,6 +431,19 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_patch_mode_is_refused_at_load_naming_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), &format!("listen = \"127.0.0.1:0\"\n{TLS}[jobs]\npatch_mode = \"dry-run\"\n"));
+        let err = AgentConfig::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("agent.toml") && err.contains("[jobs] patch_mode must be \"apply\" or \"simulate\", got \"dry-run\""),
+            "{err}"
+        );
+        let p = write(dir.path(), &format!("listen = \"127.0.0.1:0\"\n{TLS}[jobs]\npatch_mode = \"simulate\"\n"));
+        assert_eq!(AgentConfig::load(&p).unwrap().jobs.patch_mode, crate::jobs::PatchMode::Simulate);
+    }
+
+    #[test]
     fn missing_certificate_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "listen = \"127.0.0.1:0\"\n[tls]\nca = \"nope.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n");

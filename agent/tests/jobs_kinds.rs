@@ -55,6 +55,7 @@ async fn patch_simulation_with_the_real_package_manager_changes_nothing() {
             panic!("no patch result")
         };
         assert_eq!(all_res.package_manager, pm.name());
+        assert!(all_res.simulated, "a requested simulation is reported as one");
         for p in &all_res.packages {
             assert!(!p.name.is_empty() && !p.to_version.is_empty(), "{p:?}");
         }
@@ -93,63 +94,6 @@ async fn patch_simulation_with_the_real_package_manager_changes_nothing() {
         );
     })
     .await
-}
-
-/// A private apt world: the real apt-get, reading the fixture archive in
-/// `tests/fixtures/jobs/apt-archive` (a Debian 12 point release and its security archive)
-/// and the fixture's dpkg status instead of the host's. Returns the `APT_CONFIG` file.
-/// The package lists are fetched here, as an operator's `apt-get update` would, because
-/// a simulated patch job never updates them.
-async fn fixture_apt(dir: &Path) -> std::path::PathBuf {
-    let apt_get = agent::jobs::kinds::find_in_path("apt-get")
-        .expect("apt-get is missing: this test needs Debian's apt (CI runs on Debian)");
-    let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jobs/apt-archive");
-    let root = dir.join("apt-root");
-    for d in [
-        "etc/apt/apt.conf.d",
-        "etc/apt/preferences.d",
-        "etc/apt/sources.list.d",
-        "var/lib/apt/lists/partial",
-        "var/cache/apt/archives/partial",
-        "var/log/apt",
-    ] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::write(
-        root.join("etc/apt/sources.list"),
-        format!(
-            "deb [trusted=yes] file:{0} bookworm main\ndeb [trusted=yes] file:{0} bookworm-security main\n",
-            archive.display()
-        ),
-    )
-    .unwrap();
-    // The fixture packages are `Architecture: all`; naming the architecture keeps the
-    // plan the same on arm64 hosts. No lock: nothing here is the host's package state.
-    let conf = dir.join("apt.conf");
-    fs::write(
-        &conf,
-        format!(
-            "Dir \"{}/\";\nDir::State::status \"{}\";\nAPT::Architecture \"amd64\";\n\
-             APT::Architectures {{ \"amd64\"; }};\nDebug::NoLocking \"true\";\nAPT::Sandbox::User \"root\";\n",
-            root.display(),
-            archive.join("status").display()
-        ),
-    )
-    .unwrap();
-    let update = tokio::process::Command::new(apt_get)
-        .args(["-q", "update"])
-        .env("APT_CONFIG", &conf)
-        .env("LC_ALL", "C")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        update.status.success(),
-        "apt-get update on the fixture archive: {}",
-        String::from_utf8_lossy(&update.stderr)
-    );
-    conf
 }
 
 fn patch_names(job: &Job) -> Vec<String> {
@@ -417,22 +361,6 @@ async fn cleanup_never_leaves_the_root_filesystem() {
     .await
 }
 
-/// The stand-in: records its arguments, answers is-active with `state`.
-fn fake_systemctl(dir: &Path, state: &str, restart_exit: i32) -> std::path::PathBuf {
-    let script = dir.join("systemctl");
-    let log = dir.join("systemctl.args");
-    fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n# Stand-in for systemctl: systemd does not run on test machines.\necho \"$@\" >> '{}'\ncase \"$1\" in\n  is-active) echo {state}; [ {state} = active ];;\n  restart) exit {restart_exit};;\nesac\n",
-            log.display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-    script
-}
-
 #[tokio::test]
 async fn restart_service_restarts_allowed_units_and_reports_their_state() {
     within_test_limit(async {
@@ -444,14 +372,15 @@ async fn restart_service_restarts_allowed_units_and_reports_their_state() {
         let restart = |unit: &str| {
             spec(job_spec::Kind::RestartService(RestartService {
                 unit: unit.into(),
+                ..Default::default()
             }))
         };
         let (out, done) = run_to_end(&mgr, restart("httpd.service")).await;
         assert_eq!(state(&done), JobState::Succeeded, "{out}");
         match done.result.and_then(|r| r.kind) {
             Some(job_result::Kind::Service(s)) => assert_eq!(
-                (s.unit.as_str(), s.active_state.as_str()),
-                ("httpd", "active")
+                (s.unit.as_str(), s.active_state.as_str(), s.restarted),
+                ("httpd", "active", true)
             ),
             other => panic!("no service result: {other:?}"),
         }
@@ -488,6 +417,7 @@ async fn restart_service_fails_when_the_unit_is_not_active_afterwards() {
             &mgr,
             spec(job_spec::Kind::RestartService(RestartService {
                 unit: "httpd".into(),
+                ..Default::default()
             })),
         )
         .await;
@@ -495,7 +425,9 @@ async fn restart_service_fails_when_the_unit_is_not_active_afterwards() {
         assert_eq!(done.exit_code, Some(1));
         assert!(done.error.contains("the unit is failed"), "{}", done.error);
         match done.result.and_then(|r| r.kind) {
-            Some(job_result::Kind::Service(s)) => assert_eq!(s.active_state, "failed"),
+            Some(job_result::Kind::Service(s)) => {
+                assert_eq!((s.active_state.as_str(), s.restarted), ("failed", true))
+            }
             other => panic!("no service result: {other:?}"),
         }
     })

@@ -1,8 +1,9 @@
 //! Jobs end to end: the controller starts a typed job and follows it, a watch whose
 //! connection is cut mid-way reattaches and resumes from its offset with every line
 //! exactly once, an agent killed mid-job brings the job back `interrupted` after a
-//! restart, a viewer may not start jobs (and the refusal is audited), and every audit line
-//! names the caller by certificate serial, SHA-256 fingerprint, name, role and address.
+//! restart, a viewer may not start jobs (and the refusal is audited), every audit line
+//! names the caller by certificate serial, SHA-256 fingerprint, name, role and address,
+//! and `restart-service --if-running` restarts only a unit the host runs.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::process::Command;
@@ -11,6 +12,8 @@ use std::time::Duration;
 use controller::commands::job;
 use e2e::support::agent::{config_text, dialer, host, spawn_in_process, write_config, AgentProcess};
 use e2e::support::certs::TestPki;
+use e2e::support::controller as controller_cli;
+use e2e::support::systemctl::FakeSystemctl;
 use e2e::support::proxy::Proxy;
 use e2e::support::{binary, LineCounter};
 use ops_proto::v1::{job_spec, JobSpec, JobState, RunAction, StartJobRequest};
@@ -82,6 +85,47 @@ fn controller_job_start_follows_output_and_ends_with_json_state() {
         .unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains(&id) && listed.contains("succeeded"), "{listed}");
+}
+
+/// `controller job start HOST restart-service UNIT --if-running` through a real agent
+/// process, with a `systemctl` stand-in as the agent's `[services] systemctl` (systemd
+/// does not run on the test machines).
+#[test]
+fn restart_service_if_running_restarts_only_a_unit_the_host_runs() {
+    let pki = TestPki::new();
+    let bin = pki.path().join("bin");
+    let systemctl = FakeSystemctl::new(&bin, "inactive", 0);
+    let services = format!("[services]\nallowed = [\"httpd\"]\nsystemctl = \"{}\"\n", systemctl.path().display());
+    let text = config_text(&pki, &pki.agent, "127.0.0.1:0", "", &services);
+    let agent = AgentProcess::start(&write_config(&pki, "agent", &text));
+    let cfg = controller_cli::static_config(&pki, &[("web-1", agent.addr.to_string())], "");
+    let restart = || {
+        let (code, stdout, stderr) = controller_cli::run(
+            &cfg,
+            &[],
+            &["--output", "json", "job", "start", "web-1", "restart-service", "httpd", "--if-running"],
+        );
+        assert_eq!(code, 0, "stdout {stdout} stderr {stderr}");
+        let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(last["state"], "succeeded", "{stdout}");
+        (stdout, last["result"].clone())
+    };
+
+    let (out, result) = restart();
+    assert_eq!(result["restarted"], false, "{out}");
+    assert_eq!(result["active_state"], "inactive");
+    assert!(out.contains("httpd is inactive: not running here, not restarted"), "{out}");
+    assert_eq!(systemctl.calls(), ["is-active httpd"], "never restarted");
+
+    // The same unit once the host runs it.
+    FakeSystemctl::new(&bin, "active", 0);
+    let (out, result) = restart();
+    assert_eq!(result["restarted"], true, "{out}");
+    assert_eq!(result["active_state"], "active");
+    assert_eq!(
+        systemctl.calls(),
+        ["is-active httpd", "is-active httpd", "restart httpd", "is-active httpd"]
+    );
 }
 
 #[tokio::test]

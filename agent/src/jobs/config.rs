@@ -28,6 +28,10 @@ pub struct JobsConfig {
     /// An APT configuration file `Patch` gives apt-get as `APT_CONFIG` (a host with its
     /// own apt layout, such as an offline mirror); `None` leaves apt's own default.
     pub apt_config: Option<PathBuf>,
+    /// `apply` installs what a `Patch` asks for; `simulate` runs every `Patch` as the
+    /// package manager's simulation whatever the request says (a lab or developer
+    /// machine that must never be patched).
+    pub patch_mode: PatchMode,
     /// Audit log (JSON lines); `None` means `<state_dir>/audit.log`.
     pub audit_log: Option<PathBuf>,
     /// Let several jobs run at once. Off by default: one host change at a time.
@@ -52,6 +56,7 @@ impl Default for JobsConfig {
             logrotate_config: PathBuf::from("/etc/logrotate.conf"),
             logrotate_state_file: None,
             apt_config: None,
+            patch_mode: PatchMode::Apply,
             audit_log: None,
             allow_concurrent: false,
             kill_grace_seconds: 10,
@@ -94,6 +99,40 @@ impl JobsConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// `[jobs] patch_mode`: whether this agent ever installs packages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum PatchMode {
+    /// A `Patch` installs unless it asks to simulate.
+    #[default]
+    Apply,
+    /// Every `Patch` only simulates; nothing is ever installed.
+    Simulate,
+}
+
+impl PatchMode {
+    /// The name as the config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PatchMode::Apply => "apply",
+            PatchMode::Simulate => "simulate",
+        }
+    }
+}
+
+impl TryFrom<String> for PatchMode {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        [PatchMode::Apply, PatchMode::Simulate]
+            .into_iter()
+            .find(|m| m.name() == value)
+            .ok_or_else(|| {
+                format!("[jobs] patch_mode must be \"apply\" or \"simulate\", got {value:?}")
+            })
     }
 }
 
@@ -452,6 +491,25 @@ mod tests {
         k.validate().unwrap();
         assert!(k.allows_signal("STOP") && !k.allows_signal("TERM"));
         assert!(!k.denied_names.is_empty(), "defaults stay for keys not listed");
+    }
+
+    #[test]
+    fn patch_mode_defaults_to_apply_and_a_bad_value_names_the_key() {
+        assert_eq!(JobsConfig::default().patch_mode, PatchMode::Apply);
+        let j: JobsConfig = toml::from_str("patch_mode = \"simulate\"").unwrap();
+        assert_eq!(j.patch_mode, PatchMode::Simulate);
+        let j: JobsConfig = toml::from_str("patch_mode = \"apply\"").unwrap();
+        assert_eq!(j.patch_mode, PatchMode::Apply);
+        for bad in ["\"Simulate\"", "\"dry-run\"", "\"\""] {
+            let err = toml::from_str::<JobsConfig>(&format!("patch_mode = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("[jobs] patch_mode must be \"apply\" or \"simulate\""),
+                "{bad}: {err}"
+            );
+        }
+        assert!(toml::from_str::<JobsConfig>("patch_mode = true").is_err());
     }
 
     #[test]

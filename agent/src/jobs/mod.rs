@@ -21,7 +21,7 @@ mod task;
 mod watch;
 
 pub use config::{
-    ActionConfig, CleanupConfig, JobSettings, JobsConfig, KillConfig, ServicesConfig,
+    ActionConfig, CleanupConfig, JobSettings, JobsConfig, KillConfig, PatchMode, ServicesConfig,
 };
 pub use manager::JobManager;
 

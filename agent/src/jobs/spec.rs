@@ -40,7 +40,11 @@ pub fn spec_json(spec: &JobSpec) -> Value {
             })).collect::<Vec<_>>(),
         }),
         Some(Kind::RotateLogs(_)) => json!({ "kind": "rotate-logs" }),
-        Some(Kind::RestartService(r)) => json!({ "kind": "restart-service", "unit": r.unit }),
+        Some(Kind::RestartService(r)) => json!({
+            "kind": "restart-service",
+            "unit": r.unit,
+            "if_running": r.if_running,
+        }),
         Some(Kind::KillProcess(k)) => json!({
             "kind": "kill",
             "pid": k.pid,
@@ -59,6 +63,7 @@ pub fn result_json(result: Option<&JobResult>) -> Value {
             "kind": "patch",
             "package_manager": p.package_manager,
             "reboot_required": p.reboot_required,
+            "simulated": p.simulated,
             "packages": p.packages.iter().map(|c| json!({
                 "name": c.name, "from": c.from_version, "to": c.to_version,
             })).collect::<Vec<_>>(),
@@ -71,7 +76,12 @@ pub fn result_json(result: Option<&JobResult>) -> Value {
             "sample_paths": c.sample_paths,
         }),
         Some(job_result::Kind::Service(s)) => {
-            json!({ "kind": "service", "unit": s.unit, "active_state": s.active_state })
+            json!({
+                "kind": "service",
+                "unit": s.unit,
+                "active_state": s.active_state,
+                "restarted": s.restarted,
+            })
         }
         Some(job_result::Kind::Kill(k)) => {
             json!({ "kind": "kill", "pid": k.pid, "name": k.name, "signal": k.signal })
@@ -153,6 +163,32 @@ mod tests {
         assert_eq!(v["dry_run"], true);
         assert_eq!(v["rules"][0]["by"], "atime");
         assert_eq!(v["rules"][0]["older_than_seconds"], 60);
+    }
+
+    #[test]
+    fn restart_and_patch_flags_are_in_the_json() {
+        let spec = JobSpec {
+            kind: Some(Kind::RestartService(ops_proto::v1::RestartService {
+                unit: "httpd".into(),
+                if_running: true,
+            })),
+        };
+        assert_eq!(spec_json(&spec)["if_running"], true);
+        let service = JobResult {
+            kind: Some(job_result::Kind::Service(ops_proto::v1::ServiceResult {
+                unit: "httpd".into(),
+                active_state: "inactive".into(),
+                restarted: false,
+            })),
+        };
+        assert_eq!(result_json(Some(&service))["restarted"], false);
+        let patch = JobResult {
+            kind: Some(job_result::Kind::Patch(ops_proto::v1::PatchResult {
+                simulated: true,
+                ..Default::default()
+            })),
+        };
+        assert_eq!(result_json(Some(&patch))["simulated"], true);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! sleeps) under a timeout.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,4 +188,79 @@ pub async fn wait_for_output(mgr: &JobManager, id: &str, needle: &str) -> String
     tokio::time::timeout(STEP, run)
         .await
         .expect("output did not appear in time")
+}
+
+/// A private apt world: the real apt-get, reading the fixture archive in
+/// `tests/fixtures/jobs/apt-archive` (a Debian 12 point release and its security archive)
+/// and the fixture's dpkg status instead of the host's. Returns the `APT_CONFIG` file.
+/// The package lists are fetched here, as an operator's `apt-get update` would, because
+/// a simulated patch job never updates them.
+pub async fn fixture_apt(dir: &Path) -> PathBuf {
+    let apt_get = agent::jobs::kinds::find_in_path("apt-get")
+        .expect("apt-get is missing: this test needs Debian's apt (CI runs on Debian)");
+    let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jobs/apt-archive");
+    let root = dir.join("apt-root");
+    for d in [
+        "etc/apt/apt.conf.d",
+        "etc/apt/preferences.d",
+        "etc/apt/sources.list.d",
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+        "var/log/apt",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(
+        root.join("etc/apt/sources.list"),
+        format!(
+            "deb [trusted=yes] file:{0} bookworm main\ndeb [trusted=yes] file:{0} bookworm-security main\n",
+            archive.display()
+        ),
+    )
+    .unwrap();
+    // The fixture packages are `Architecture: all`; naming the architecture keeps the
+    // plan the same on arm64 hosts. No lock: nothing here is the host's package state.
+    let conf = dir.join("apt.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Dir \"{}/\";\nDir::State::status \"{}\";\nAPT::Architecture \"amd64\";\n\
+             APT::Architectures {{ \"amd64\"; }};\nDebug::NoLocking \"true\";\nAPT::Sandbox::User \"root\";\n",
+            root.display(),
+            archive.join("status").display()
+        ),
+    )
+    .unwrap();
+    let update = tokio::process::Command::new(apt_get)
+        .args(["-q", "update"])
+        .env("APT_CONFIG", &conf)
+        .env("LC_ALL", "C")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        update.status.success(),
+        "apt-get update on the fixture archive: {}",
+        String::from_utf8_lossy(&update.stderr)
+    );
+    conf
+}
+
+/// A `systemctl` stand-in in `dir` (the only fake: systemd does not run on these
+/// machines): appends each call's arguments to `dir/systemctl.args`, answers `is-active`
+/// with `state` (exit 0 only for `active`) and `restart` with `restart_exit`.
+pub fn fake_systemctl(dir: &Path, state: &str, restart_exit: i32) -> PathBuf {
+    let script = dir.join("systemctl");
+    let log = dir.join("systemctl.args");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n# Stand-in for systemctl: systemd does not run on test machines.\necho \"$@\" >> '{}'\ncase \"$1\" in\n  is-active) echo {state}; [ {state} = active ];;\n  restart) exit {restart_exit};;\nesac\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
 }

@@ -58,7 +58,13 @@ pub enum KindArgs {
         dry_run: bool,
     },
     /// `systemctl restart` of a unit in the agent's allow-list.
-    RestartService { unit: String },
+    RestartService {
+        unit: String,
+        /// Only if the host runs it (systemd's try-restart): a unit that is not active
+        /// (or reloading) is left alone and the job succeeds, reporting it not restarted.
+        #[arg(long)]
+        if_running: bool,
+    },
     /// Signal one process, checking its name first (pid reuse).
     Kill {
         #[arg(long)]
@@ -99,7 +105,9 @@ pub fn spec(kind: &KindArgs) -> JobSpec {
             }],
             dry_run,
         }),
-        KindArgs::RestartService { unit } => job_spec::Kind::RestartService(RestartService { unit }),
+        KindArgs::RestartService { unit, if_running } => {
+            job_spec::Kind::RestartService(RestartService { unit, if_running })
+        }
         KindArgs::Kill { pid, expect_name, signal } => {
             job_spec::Kind::KillProcess(KillProcess { pid, signal, expected_name: expect_name })
         }
@@ -148,10 +156,13 @@ pub fn job_json(j: &Job) -> Value {
         job_result::Kind::Patch(p) => json!({
             "package_manager": p.package_manager,
             "reboot_required": p.reboot_required,
+            "simulated": p.simulated,
             "packages": p.packages.iter().map(|c| json!({"name": c.name, "from": c.from_version, "to": c.to_version})).collect::<Vec<_>>(),
         }),
         job_result::Kind::Cleanup(c) => json!({"files": c.files, "bytes": c.bytes, "skipped": c.skipped, "sample_paths": c.sample_paths}),
-        job_result::Kind::Service(s) => json!({"unit": s.unit, "active_state": s.active_state}),
+        job_result::Kind::Service(s) => {
+            json!({"unit": s.unit, "active_state": s.active_state, "restarted": s.restarted})
+        }
         job_result::Kind::Kill(k) => json!({"pid": k.pid, "name": k.name, "signal": k.signal}),
     });
     json!({
@@ -183,15 +194,21 @@ pub fn job_line(j: &Job) -> String {
     if let Some(r) = j.result.as_ref().and_then(|r| r.kind.as_ref()) {
         match r {
             job_result::Kind::Patch(p) => s.push_str(&format!(
-                "; {} package(s) via {}{}",
+                "; {} package(s) via {}{}{}",
                 p.packages.len(),
                 p.package_manager,
+                if p.simulated { ", simulated: nothing installed" } else { "" },
                 if p.reboot_required { ", reboot required" } else { "" }
             )),
             job_result::Kind::Cleanup(c) => {
                 s.push_str(&format!("; {} file(s), {}, {} skipped", c.files, human_bytes(c.bytes), c.skipped))
             }
-            job_result::Kind::Service(v) => s.push_str(&format!("; {} is {}", v.unit, v.active_state)),
+            job_result::Kind::Service(v) => s.push_str(&format!(
+                "; {} is {}{}",
+                v.unit,
+                v.active_state,
+                if v.restarted { "" } else { ", not restarted" }
+            )),
             job_result::Kind::Kill(k) => s.push_str(&format!("; sent SIG{} to {} ({})", k.signal, k.pid, k.name)),
         }
     }

@@ -144,6 +144,7 @@ mod tests {
                     package_manager: "dnf".into(),
                     packages: vec![],
                     reboot_required: reboot,
+                    simulated: false,
                 })),
             }),
             ..Job::default()

@@ -31,7 +31,7 @@ pub enum Prepared {
     Patch(patch::PatchPlan),
     Cleanup(cleanup::CleanupPlan),
     RotateLogs,
-    RestartService(String),
+    RestartService(service::RestartPlan),
     Kill(kill::KillPlan),
     Action(action::ActionPlan),
 }
@@ -99,7 +99,7 @@ pub fn prepare(
         Some(Kind::Patch(p)) => patch::prepare(p, &settings.jobs).map(Prepared::Patch),
         Some(Kind::Cleanup(c)) => cleanup::prepare(c, cleanup_roots).map(Prepared::Cleanup),
         Some(Kind::RotateLogs(_)) => rotate::prepare(&settings.jobs).map(|()| Prepared::RotateLogs),
-        Some(Kind::RestartService(r)) => service::prepare(&r.unit, &settings.services).map(Prepared::RestartService),
+        Some(Kind::RestartService(r)) => service::prepare_request(r, &settings.services).map(Prepared::RestartService),
         Some(Kind::KillProcess(k)) => kill::prepare(k, &settings.kill).map(Prepared::Kill),
         Some(Kind::RunAction(a)) => action::prepare(&a.name, &settings.actions).map(Prepared::Action),
     }
@@ -134,7 +134,7 @@ pub async fn execute(prepared: Prepared, ctx: &mut JobCtx, settings: &JobSetting
         Prepared::Patch(p) => patch::execute(p, ctx).await,
         Prepared::Cleanup(c) => cleanup::execute(c, ctx).await,
         Prepared::RotateLogs => rotate::execute(&settings.jobs, ctx).await,
-        Prepared::RestartService(unit) => service::execute(&unit, &settings.services, ctx).await,
+        Prepared::RestartService(r) => service::execute(&r, &settings.services, ctx).await,
         Prepared::Kill(k) => kill::execute(k, &settings.kill, ctx).await,
         Prepared::Action(a) => action::execute(a, ctx).await,
     };

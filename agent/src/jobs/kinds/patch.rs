@@ -9,6 +9,10 @@
 //! dnf/yum as `--exclude`; on apt they are left out of an `--only-upgrade` list (holds
 //! would outlive the job). `[jobs] apt_config` points apt-get at another apt layout
 //! through `APT_CONFIG`.
+//!
+//! `[jobs] patch_mode = "simulate"` turns every request into a simulation here, in
+//! `prepare`, before anything runs: such an agent must never install a package, whatever
+//! a caller asks. The result's `simulated` says so either way.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +21,7 @@ use ops_proto::v1::{job_result, PackageChange, Patch, PatchResult};
 use super::glob::Glob;
 use super::patch_parse::{self, PlannedUpdate};
 use super::{find_in_path, note, require_success, run, Report};
-use crate::jobs::config::JobsConfig;
+use crate::jobs::config::{JobsConfig, PatchMode};
 use crate::jobs::runner::{Cmd, JobCtx};
 
 /// rpm query format: `name.arch [epoch:]version-release`.
@@ -45,7 +49,12 @@ impl PackageManager {
 pub struct PatchPlan {
     pm: PackageManager,
     program: PathBuf,
+    /// The request, with `simulate` forced on under `patch_mode = "simulate"`.
     spec: Patch,
+    /// `[jobs] patch_mode`.
+    mode: PatchMode,
+    /// The request asked to install and `patch_mode = "simulate"` made it a simulation.
+    forced_simulation: bool,
     excludes: Vec<Glob>,
     /// `[jobs] apt_config`, given to apt-get as `APT_CONFIG`.
     apt_config: Option<PathBuf>,
@@ -76,16 +85,45 @@ pub fn prepare(spec: &Patch, cfg: &JobsConfig) -> Result<PatchPlan, String> {
     }
     let (pm, program) = detect()
         .ok_or("no supported package manager (apt-get, dnf or yum) is installed on this host")?;
+    let (spec, forced_simulation) = effective_request(spec, cfg.patch_mode);
     Ok(PatchPlan {
         pm,
         program,
-        spec: spec.clone(),
+        spec,
+        mode: cfg.patch_mode,
+        forced_simulation,
         excludes,
         apt_config: cfg.apt_config.clone(),
     })
 }
 
+/// The request as this agent runs it, and whether `patch_mode` turned an install into a
+/// simulation.
+pub fn effective_request(spec: &Patch, mode: PatchMode) -> (Patch, bool) {
+    let forced = mode == PatchMode::Simulate && !spec.simulate;
+    let spec = Patch {
+        simulate: spec.simulate || mode == PatchMode::Simulate,
+        ..spec.clone()
+    };
+    (spec, forced)
+}
+
 pub async fn execute(plan: PatchPlan, ctx: &mut JobCtx) -> Result<Report, Report> {
+    if plan.mode == PatchMode::Simulate {
+        note(
+            ctx,
+            &format!(
+                "patch_mode = simulate: nothing installed; this agent only runs the package \
+                 manager's simulation{}",
+                if plan.forced_simulation {
+                    ", though the request asked to install"
+                } else {
+                    ""
+                }
+            ),
+        )
+        .await?;
+    }
     note(
         ctx,
         &format!(
@@ -141,11 +179,8 @@ pub fn select(
         .collect()
 }
 
-fn result(
-    pm: PackageManager,
-    updates: &[PlannedUpdate],
-    reboot_required: bool,
-) -> job_result::Kind {
+fn result(plan: &PatchPlan, updates: &[PlannedUpdate], reboot_required: bool) -> job_result::Kind {
+    let pm = plan.pm;
     job_result::Kind::Patch(PatchResult {
         package_manager: pm.name().into(),
         packages: updates
@@ -157,6 +192,7 @@ fn result(
             })
             .collect(),
         reboot_required,
+        simulated: plan.spec.simulate,
     })
 }
 
@@ -181,7 +217,7 @@ async fn apt(plan: &PatchPlan, ctx: &mut JobCtx) -> Result<Report, Report> {
     if plan.spec.simulate || selected.is_empty() {
         return Ok(Report::succeeded(
             f.status.code(),
-            Some(result(plan.pm, &selected, apt_reboot_required())),
+            Some(result(plan, &selected, apt_reboot_required())),
         ));
     }
     let mut cmd = pm_cmd(plan).args([
@@ -199,7 +235,7 @@ async fn apt(plan: &PatchPlan, ctx: &mut JobCtx) -> Result<Report, Report> {
             .args(selected.iter().map(|u| u.name.clone()))
     };
     let f = run(ctx, &cmd).await?;
-    let r = result(plan.pm, &selected, apt_reboot_required());
+    let r = result(plan, &selected, apt_reboot_required());
     require_success(&f, "apt-get upgrade").map_err(|rep| rep.with_result(r.clone()))?;
     Ok(Report::succeeded(f.status.code(), Some(r)))
 }
@@ -254,7 +290,7 @@ async fn rpm_family(plan: &PatchPlan, ctx: &mut JobCtx) -> Result<Report, Report
         let reboot = rpm_reboot_required(plan, ctx).await?;
         return Ok(Report::succeeded(
             f.status.code(),
-            Some(result(plan.pm, &updates, reboot)),
+            Some(result(plan, &updates, reboot)),
         ));
     }
     let verb = if plan.pm == PackageManager::Yum {
@@ -264,7 +300,7 @@ async fn rpm_family(plan: &PatchPlan, ctx: &mut JobCtx) -> Result<Report, Report
     };
     let f = run(ctx, &pm_cmd(plan).arg("-y").arg(verb).args(filters)).await?;
     let reboot = rpm_reboot_required(plan, ctx).await?;
-    let r = result(plan.pm, &updates, reboot);
+    let r = result(plan, &updates, reboot);
     require_success(&f, &format!("{} {verb}", plan.pm.name()))
         .map_err(|rep| rep.with_result(r.clone()))?;
     Ok(Report::succeeded(f.status.code(), Some(r)))
@@ -319,6 +355,31 @@ mod tests {
             names(select(&plan, true, &[Glob::new("openssl").unwrap()])),
             ["kernel"]
         );
+    }
+
+    #[test]
+    fn patch_mode_simulate_turns_every_request_into_a_simulation() {
+        let install = Patch {
+            security_only: true,
+            exclude: vec!["kernel*".into()],
+            ..Default::default()
+        };
+        let simulate = Patch {
+            simulate: true,
+            ..install.clone()
+        };
+        let (run, forced) = effective_request(&install, PatchMode::Simulate);
+        assert!(run.simulate && forced);
+        assert_eq!(
+            (run.security_only, run.exclude.clone()),
+            (true, install.exclude.clone())
+        );
+        let (run, forced) = effective_request(&simulate, PatchMode::Simulate);
+        assert!(run.simulate && !forced, "asked for: not forced");
+        let (run, forced) = effective_request(&install, PatchMode::Apply);
+        assert!(!run.simulate && !forced);
+        let (run, forced) = effective_request(&simulate, PatchMode::Apply);
+        assert!(run.simulate && !forced);
     }
 
     #[test]
