@@ -133,6 +133,14 @@ pub enum Command {
     /// Installing agents on hosts.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// The weekly maintenance across the fleet: snapshots, rolling patches and cleanup,
+    /// database upkeep with no row lost, log rotation, security review, performance
+    /// baseline, backup verification, post-maintenance verification; a journal to resume
+    /// from and a report of what really happened (exit 1 if any step failed or did not run).
+    WeeklyMaintenance(MaintenanceArgs),
+    /// The journals of fleet-wide runs (weekly-maintenance).
+    #[command(subcommand)]
+    Runs(RunsCommand),
     /// Print a shell completion script: `controller completions bash > /etc/bash_completion.d/controller`.
     Completions {
         #[arg(value_enum)]
@@ -148,6 +156,56 @@ pub enum Command {
         #[arg(long)]
         count: Option<u32>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Every run with a journal, newest first, and how it ended.
+    List,
+    /// One run's report, rebuilt from its journal (exit code as the run's).
+    Show { run_id: String },
+}
+
+/// `weekly-maintenance`'s options; the defaults come from `[maintenance]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MaintenanceArgs {
+    /// Show the plan and what each step would do, read from the real systems; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation (required without a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// Only these hosts (comma-separated names or instance ids).
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// Continue an interrupted run: done steps are skipped, running agent jobs reattached.
+    #[arg(long, value_name = "RUN_ID")]
+    pub resume: Option<String>,
+    /// Take over a lock whose holder is gone.
+    #[arg(long)]
+    pub break_lock: bool,
+    /// Hosts in flight at once: N or N%.
+    #[arg(long, value_parser = parse_limit)]
+    pub max_concurrency: Option<crate::rollout::Limit>,
+    /// Failed hosts tolerated before no new host starts: N or N%.
+    #[arg(long, value_parser = parse_limit)]
+    pub max_errors: Option<crate::rollout::Limit>,
+    /// The first N hosts alone, then the rest.
+    #[arg(long)]
+    pub canary: Option<usize>,
+    /// The most one host may take over all its steps, e.g. 1h.
+    #[arg(long, value_parser = parse_duration)]
+    pub host_timeout: Option<Duration>,
+    /// Wait before the post-maintenance verification, e.g. 300s.
+    #[arg(long, value_parser = parse_duration)]
+    pub settle: Option<Duration>,
+    /// Folder for the report files; default $XDG_STATE_HOME/ops/reports.
+    #[arg(long)]
+    pub report_dir: Option<PathBuf>,
+}
+
+fn parse_limit(s: &str) -> Result<crate::rollout::Limit, String> {
+    s.parse().map_err(|e: crate::rollout::LimitError| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -372,6 +430,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Backup(BackupCommand::Verify(r)) => Ok(runbooks::cli(Which::BackupVerify, &source.load()?, output, &r).await?),
         Command::SecurityReview(r) => Ok(runbooks::cli(Which::SecurityReview, &source.load()?, output, &r).await?),
         Command::Job(cmd) => run_job(cmd, &source.load()?, output).await,
+        Command::WeeklyMaintenance(a) => {
+            let opts = crate::maintenance::Options {
+                dry_run: a.dry_run,
+                yes: a.yes,
+                hosts: a.hosts,
+                resume: a.resume,
+                break_lock: a.break_lock,
+                max_concurrency: a.max_concurrency,
+                max_errors: a.max_errors,
+                canary: a.canary,
+                host_timeout: a.host_timeout,
+                settle: a.settle,
+                report_dir: a.report_dir,
+            };
+            crate::maintenance::cli(&source.load()?, output, opts).await
+        }
+        Command::Runs(RunsCommand::List) => crate::maintenance::runs::list(output),
+        Command::Runs(RunsCommand::Show { run_id }) => crate::maintenance::runs::show(&run_id, output),
         Command::Top { interval, count } => {
             let cfg = source.load()?;
             let hosts = fleet::discover(&cfg).await?;

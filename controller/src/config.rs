@@ -24,6 +24,9 @@ pub struct ControllerConfig {
     /// `[runbooks]`: what the runbooks look at (stack, log groups, database, endpoints).
     #[serde(default)]
     pub runbooks: crate::runbooks::config::RunbooksConfig,
+    /// `[maintenance]`: what `weekly-maintenance` does and within which limits.
+    #[serde(default)]
+    pub maintenance: crate::maintenance::config::MaintenanceConfig,
     /// The file this was loaded from (not a key of the file).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -275,6 +278,7 @@ impl ControllerConfig {
             }
         }
         self.runbooks.validate()?;
+        self.maintenance.validate()?;
         let mode = f.address.as_str();
         if !(mode == "private-ip" || mode == "public-ip" || mode.strip_prefix("tag:").is_some_and(|k| !k.is_empty())) {
             return Err(format!(

@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod fleet;
 pub mod install;
+pub mod maintenance;
 pub mod output;
 pub mod progress;
 pub mod runbooks;

@@ -87,7 +87,7 @@ async fn main() {
     let w = writer(url.clone());
     let t = Instant::now();
     let start = archive::prepare(&mut c, &spec).await.unwrap();
-    let (moved, batches) = archive::run(&mut c, &spec, &start, |_| {}).await.unwrap();
+    let (moved, batches) = archive::run(&mut c, &spec, &start, |_| true).await.unwrap();
     let ours = t.elapsed();
     let (n_ours, worst_ours, p99_ours) = w.finish().await;
     let out = archive::verify(&mut c, &spec, &start, moved, batches).await.unwrap();

@@ -98,7 +98,7 @@ async fn archive_moves_every_old_row_exactly_once_while_a_writer_inserts() {
         let start = archive::prepare(&mut c, &spec(&cutoff)).await.unwrap();
         assert!(start.created_archive);
         assert_eq!(start.old_rows, expected);
-        let (moved, batches) = archive::run(&mut c, &spec(&cutoff), &start, |_| {}).await.unwrap();
+        let (moved, batches) = archive::run(&mut c, &spec(&cutoff), &start, |_| true).await.unwrap();
         stop.store(true, Ordering::SeqCst);
         let (inserted, worst) = w.await.unwrap();
         assert!(inserted > 0, "the writer kept inserting during the move");
@@ -136,6 +136,7 @@ async fn archive_killed_mid_run_and_run_again_still_moves_each_row_exactly_once(
                             let _ = tx.send(());
                         }
                     }
+                    true
                 })
                 .await
             })
@@ -147,7 +148,7 @@ async fn archive_killed_mid_run_and_run_again_still_moves_each_row_exactly_once(
         let partial: u64 = c.query_first("SELECT COUNT(*) FROM audit_log_archive").await.unwrap().unwrap();
         assert!(partial >= 20_000 && partial < start.old_rows, "killed part-way: {partial} of {}", start.old_rows);
         // The run again, with the cutoff and starting counts from the journal.
-        let (moved, batches) = archive::run(&mut c, &spec(&cutoff), &start, |_| {}).await.unwrap();
+        let (moved, batches) = archive::run(&mut c, &spec(&cutoff), &start, |_| true).await.unwrap();
         stop.store(true, Ordering::SeqCst);
         let (inserted, _) = w.await.unwrap();
         let out = archive::verify(&mut c, &spec(&cutoff), &start, moved, batches).await.unwrap();

@@ -120,12 +120,13 @@ pub async fn prepare(conn: &mut Conn, spec: &ArchiveSpec) -> Result<ArchiveStart
 }
 
 /// Moves every row older than the cutoff, batch by batch. `on_batch(moved_so_far)` is
-/// called after each commit (progress, journal).
+/// called after each commit (progress, journal); when it returns false the move stops
+/// there (an operator's cancel), between two whole batches.
 pub async fn run(
     conn: &mut Conn,
     spec: &ArchiveSpec,
     start: &ArchiveStart,
-    mut on_batch: impl FnMut(u64) + Send,
+    mut on_batch: impl FnMut(u64) -> bool + Send,
 ) -> Result<(u64, u64), DbError> {
     let pk = Ident::new("primary key column", &start.primary_key)?;
     let (live, archive, t) = (&spec.live, &spec.archive, &spec.time_column);
@@ -167,7 +168,9 @@ pub async fn run(
         moved += locked;
         batches += 1;
         last = Some(hi);
-        on_batch(moved);
+        if !on_batch(moved) {
+            break;
+        }
     }
     Ok((moved, batches))
 }

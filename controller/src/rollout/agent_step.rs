@@ -9,7 +9,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use ops_proto::tls::FailureKind;
-use ops_proto::v1::{job_result, Job, JobSpec, JobState, StartJobRequest};
+use ops_proto::v1::{job_result, job_spec, Job, JobSpec, JobState, StartJobRequest};
 use tokio::sync::watch;
 
 use super::journal::{idempotency_key, StepState};
@@ -44,7 +44,19 @@ pub fn outcome_of(job: &Job) -> StepOutcome {
         job.result.as_ref().and_then(|r| r.kind.as_ref()),
         Some(job_result::Kind::Patch(p)) if p.reboot_required
     );
+    let result = job.result.as_ref().and_then(|r| r.kind.as_ref());
+    // A service the host does not run was left alone: not done, and not a failure.
+    let not_restarted = matches!(result, Some(job_result::Kind::Service(s)) if !s.restarted);
+    // A real patch was asked for and the agent only simulated it (its patch_mode).
+    let only_simulated = matches!(
+        (result, job.spec.as_ref().and_then(|s| s.kind.as_ref())),
+        (Some(job_result::Kind::Patch(r)), Some(job_spec::Kind::Patch(p))) if r.simulated && !p.simulate
+    );
     let (state, detail) = match state {
+        JobState::Succeeded if not_restarted => (StepState::Skipped, format!("{}: the host does not run it", job::job_line(job))),
+        JobState::Succeeded if only_simulated => {
+            (StepState::Warning, format!("{} (the agent's patch_mode is simulate)", job::job_line(job)))
+        }
         JobState::Succeeded if reboot => (StepState::Warning, format!("{}; the host needs a reboot", job::job_line(job))),
         JobState::Succeeded => (StepState::Succeeded, job::job_line(job)),
         JobState::TimedOut => (StepState::TimedOut, job::job_line(job)),

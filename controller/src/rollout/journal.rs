@@ -55,6 +55,9 @@ pub enum StepState {
     Cancelled,
     /// Only planned (`--dry-run`): nothing was changed.
     Planned,
+    /// Never started, with why (an earlier step failed, the run was stopped); a resumed
+    /// run runs it.
+    NotRun,
 }
 
 impl StepState {
@@ -67,12 +70,18 @@ impl StepState {
             StepState::Skipped => "skipped",
             StepState::Cancelled => "cancelled",
             StepState::Planned => "planned",
+            StepState::NotRun => "not run",
         }
     }
 
     /// Counts as done for `--resume` (it is not run again).
     pub fn is_done(self) -> bool {
         matches!(self, StepState::Succeeded | StepState::Warning | StepState::Skipped)
+    }
+
+    /// Makes the run's outcome not good: it failed, or did not do what it should have.
+    pub fn is_bad(self) -> bool {
+        matches!(self, StepState::Failed | StepState::TimedOut | StepState::Cancelled | StepState::NotRun)
     }
 }
 

@@ -89,6 +89,12 @@ impl TestPki {
     }
 
     /// A validity window entirely in the past.
+    /// Valid since yesterday for `days` more days.
+    pub fn valid_for(days: i64) -> Validity {
+        let now = time::OffsetDateTime::now_utc();
+        Validity { not_before: now - time::Duration::days(1), not_after: now + time::Duration::days(days) }
+    }
+
     pub fn expired() -> Validity {
         let now = time::OffsetDateTime::now_utc();
         Validity { not_before: now - time::Duration::days(30), not_after: now - time::Duration::days(1) }
