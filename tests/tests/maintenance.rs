@@ -123,3 +123,182 @@ async fn a_full_run_over_three_agents_does_every_step_in_order_and_reports_what_
     .await
     .unwrap();
 }
+
+fn host_state<'a>(report: &'a serde_json::Value, host: &str) -> (&'a str, &'a str) {
+    let h = report["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap();
+    (h["state"].as_str().unwrap(), h["reason"].as_str().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_down_stops_the_rollout_under_max_errors_0_and_not_under_1() {
+    tokio::time::timeout(LIMIT, async {
+        let mut w = World::build(WorldSpec { audit_rows: 2_000, session_rows: 500, ..WorldSpec::default() }).await;
+        w.agents[1].kill();
+
+        let (code, out, err) = w.maintenance(&["--yes", "--max-errors", "0"]).await;
+        assert_eq!(code, 1, "{out}\n{err}");
+        let r = w.report();
+        assert_eq!(r["outcome"], "failed");
+        assert_eq!(host_state(&r, "web-1").0, "succeeded");
+        let (state, reason) = host_state(&r, "web-2");
+        assert_eq!(state, "unreachable", "{reason}");
+        let (state, reason) = host_state(&r, "web-3");
+        assert_eq!(state, "not_started");
+        assert!(reason.contains("--max-errors"), "{reason}");
+        assert_eq!(state_of(&r, "3 patch", Some("web-3")), "not_run");
+        // The database is not touched after the rollout stopped; nothing is shown as done.
+        assert_eq!(state_of(&r, "5 audit-archive", None), "not_run");
+        assert_eq!(w.jobs(2).await.len(), 0, "web-3 never got a job");
+        assert!(out.contains("FAILED") && out.contains("not started"), "{out}");
+
+        let (code, out, err) = w.maintenance(&["--yes", "--max-errors", "1"]).await;
+        assert_eq!(code, 1, "web-2 is still down: {out}\n{err}");
+        let r = w.report();
+        assert_eq!(host_state(&r, "web-2").0, "unreachable");
+        assert_eq!(host_state(&r, "web-3").0, "succeeded", "{out}");
+        assert_eq!(state_of(&r, "5 audit-archive", None), "succeeded", "{out}");
+        assert_eq!(state_of(&r, "6 logrotate", Some("web-3")), "succeeded");
+        assert_eq!(state_of(&r, "6 logrotate", Some("web-2")), "not_run", "logs are not rotated on a host whose updates failed");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_over_its_timeout_is_reported_timed_out_and_its_job_ended_on_the_agent() {
+    tokio::time::timeout(LIMIT, async {
+        let w = World::build(WorldSpec { agents: 2, slow: vec![1], audit_rows: 1_000, session_rows: 100, ..WorldSpec::default() }).await;
+        let (code, out, err) = w.maintenance(&["--yes", "--max-errors", "1", "--host-timeout", "30s"]).await;
+        assert_eq!(code, 1, "{out}\n{err}");
+        let r = w.report();
+        let (state, reason) = host_state(&r, "web-1");
+        assert_eq!(state, "timed_out", "{out}");
+        assert!(reason.contains("3 action npm-audit-fix"), "{reason}");
+        assert_eq!(state_of(&r, "3 action npm-audit-fix", Some("web-1")), "timed_out");
+        assert_eq!(state_of(&r, "3 restart httpd", Some("web-1")), "not_run");
+        assert_eq!(host_state(&r, "web-2").0, "succeeded");
+        // The agent itself ended the job at the host's deadline: nothing is left running.
+        let slow = w.jobs(0).await.into_iter().find(|j| kind(j) == "action npm-audit-fix").unwrap();
+        assert_eq!(ops_proto::v1::JobState::try_from(slow.state).unwrap(), ops_proto::v1::JobState::TimedOut);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_reads_everything_and_changes_nothing() {
+    tokio::time::timeout(LIMIT, async {
+        let w = World::build(WorldSpec { agents: 2, audit_rows: 5_000, session_rows: 1_000, ..WorldSpec::default() }).await;
+        let files = |w: &World| {
+            let mut v: Vec<String> = walk(&w.hosts_dir).into_iter().filter(|p| !p.contains("/state/")).collect();
+            v.sort();
+            v
+        };
+        let before_files = files(&w);
+        let mut c = w.sql().await;
+        let before_rows = (count(&mut c, "SELECT COUNT(*) FROM audit_log").await, count(&mut c, "SELECT COUNT(*) FROM sessions").await);
+        let old = count(&mut c, "SELECT COUNT(*) FROM audit_log WHERE created_at < UTC_TIMESTAMP() - INTERVAL 90 DAY").await;
+        let snaps_before = w.aws.ec2.describe_snapshots().owner_ids("self").send().await.unwrap().snapshots().len();
+        let rds_before = w.aws.rds.describe_db_snapshots().send().await.unwrap().db_snapshots().len();
+
+        let (code, out, err) = w.maintenance(&["--dry-run"]).await;
+        assert_eq!(code, 0, "{out}\n{err}");
+        let r = w.report();
+        assert_eq!(r["outcome"], "planned");
+        assert!(err.contains("DRY RUN"), "the plan is shown: {err}");
+        assert!(r["steps"].as_array().unwrap().iter().all(|s| s["state"] != "not_run" && s["state"] != "failed"), "{out}");
+        // What it would do, read from the real systems.
+        let detail = |step: &str, host: Option<&str>| {
+            r["steps"].as_array().unwrap().iter().find(|s| s["step"] == step && s["host"].as_str() == host).unwrap()["detail"].as_str().unwrap().to_string()
+        };
+        assert!(detail("1 ebs-snapshots", None).contains("would snapshot 2 volumes"));
+        assert!(detail("2 rds-snapshot", None).contains("would snapshot techhealth-database"));
+        assert!(detail("5 audit-archive", None).contains(&format!("would move {old} rows")) || detail("5 audit-archive", None).contains("would move"), "{}", detail("5 audit-archive", None));
+        assert!(detail("3 cleanup", Some("web-1")).contains("2 file(s)"), "{}", detail("3 cleanup", Some("web-1")));
+        assert!(detail("3 restart httpd", Some("web-1")).contains("would restart"));
+
+        // Nothing changed: files, rows, snapshots, services.
+        assert_eq!(files(&w), before_files);
+        let after_rows = (count(&mut c, "SELECT COUNT(*) FROM audit_log").await, count(&mut c, "SELECT COUNT(*) FROM sessions").await);
+        assert_eq!(after_rows, before_rows);
+        let archive_exists: Option<String> = c.query_first("SHOW TABLES LIKE 'audit_log_archive'").await.unwrap();
+        assert!(archive_exists.is_none(), "a dry run creates no archive table");
+        assert_eq!(w.aws.ec2.describe_snapshots().owner_ids("self").send().await.unwrap().snapshots().len(), snaps_before);
+        assert_eq!(w.aws.rds.describe_db_snapshots().send().await.unwrap().db_snapshots().len(), rds_before);
+        assert!(w.systemctl.iter().all(|s| !s.calls().iter().any(|c| c.starts_with("restart"))));
+        for i in 0..2 {
+            for j in w.jobs(i).await {
+                match j.spec.and_then(|s| s.kind) {
+                    Some(job_spec::Kind::Patch(p)) => assert!(p.simulate),
+                    Some(job_spec::Kind::Cleanup(c)) => assert!(c.dry_run),
+                    other => panic!("a dry run asked for {other:?}"),
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_run_resumes_without_repeating_done_work_and_a_second_run_is_refused_meanwhile() {
+    tokio::time::timeout(LIMIT, async {
+        let w = World::build(WorldSpec { audit_rows: 2_000, session_rows: 500, ..WorldSpec::default() }).await;
+        let mut first = w.spawn_maintenance(&["--yes"]);
+        // Killed once web-2 has started its updates: web-1 is done, web-2 is in flight.
+        let run_id = w
+            .wait_journal(Duration::from_secs(120), |e| e["event"] == "step_started" && e["host"] == "web-2" && e["step"] == "3 action npm-audit-fix")
+            .await;
+        // While it holds the lock, a second run on the same fleet is refused, naming it.
+        let (code, out, err) = w.maintenance(&["--yes"]).await;
+        assert_eq!(code, 2, "{out}\n{err}");
+        assert!(err.contains("is locked") && err.contains(&run_id), "{err}");
+        first.kill().unwrap();
+        first.wait().unwrap();
+        let done_before: Vec<serde_json::Value> = w.journal(&run_id).into_iter().filter(|e| e["event"] == "step_ended").collect();
+
+        let (code, out, err) = w.maintenance(&["--yes", "--resume", &run_id]).await;
+        assert_eq!(code, 0, "{out}\n{err}\n{}", w.run_reports(&run_id));
+        let r = w.report();
+        assert_eq!(r["run_id"], run_id.as_str());
+        assert!(matches!(r["outcome"].as_str(), Some("succeeded" | "succeeded-with-warnings")), "{out}");
+        // Work done before the kill is not started again.
+        let journal = w.journal(&run_id);
+        for e in &done_before {
+            let again = journal.iter().filter(|x| x["event"] == "step_started" && x["step"] == e["step"] && x["host"] == e["host"]).count();
+            assert!(again <= 1, "{} on {} was started again after it ended", e["step"], e["host"]);
+        }
+        // Exactly one agent job per idempotency key, and every step of every host ran once.
+        for i in 0..3 {
+            let jobs = w.jobs(i).await;
+            let mut keys: Vec<&str> = jobs.iter().map(|j| j.idempotency_key.as_str()).collect();
+            let n = keys.len();
+            keys.sort_unstable();
+            keys.dedup();
+            assert_eq!(keys.len(), n, "web-{}: a key was used twice", i + 1);
+            assert_eq!(n, 9, "web-{}: {keys:?}", i + 1);
+        }
+        // One set of snapshots for the run, even across the two attempts.
+        let filter = aws_sdk_ec2::types::Filter::builder().name("tag:RunId").values(&run_id).build();
+        assert_eq!(w.aws.ec2.describe_snapshots().owner_ids("self").filters(filter).send().await.unwrap().snapshots().len(), 3);
+        // A finished run cannot be resumed again.
+        let (code, _, err) = w.maintenance(&["--yes", "--resume", &run_id]).await;
+        assert_eq!(code, 2);
+        assert!(err.contains("already ended"), "{err}");
+    })
+    .await
+    .unwrap();
+}

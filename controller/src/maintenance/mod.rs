@@ -42,7 +42,7 @@ use crate::output::OutputFormat;
 use crate::rollout::agent_step::run_job_step;
 use crate::rollout::executor::{self, Progress, Signals};
 use crate::rollout::journal::{self, Event, Journal, StepState};
-use crate::rollout::lock::{this_holder, FleetLock};
+use crate::rollout::lock::{this_holder, FleetLock, LockError};
 use crate::rollout::plan::{plan, HostState};
 use crate::rollout::policy::{Limit, Policy};
 use crate::runbooks::{self, Which};
@@ -183,7 +183,13 @@ pub async fn cli(cfg: &ControllerConfig, output: OutputFormat, opts: Options) ->
     let _lock = if params.dry_run {
         None
     } else {
-        let lock = FleetLock::acquire(&root, &fleet, this_holder(&id, COMMAND), opts.break_lock)?;
+        let lock = match FleetLock::acquire(&root, &fleet, this_holder(&id, COMMAND), opts.break_lock) {
+            // The stale lock of the very run being resumed is this run's own: take it back.
+            Err(LockError::Stale { holder, .. }) if opts.resume.as_deref() == Some(holder.run_id.as_str()) => {
+                FleetLock::acquire(&root, &fleet, this_holder(&id, COMMAND), true)?
+            }
+            other => other?,
+        };
         if let Some(old) = &lock.broke {
             eprintln!("note: took over the stale lock of {old}");
         }
@@ -218,12 +224,26 @@ pub async fn cli(cfg: &ControllerConfig, output: OutputFormat, opts: Options) ->
     let journal_path = journal.path().to_path_buf();
     let run_dir = journal_path.parent().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
 
-    // Ctrl-C: the first stops new work, the second cancels running work.
+    // Ctrl-C (or SIGTERM, which is how a service manager stops a run): the first stops
+    // new work, the second cancels running work.
     let (stop_tx, stop_rx) = watch::channel(0u32);
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let signal_task = tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut n = 0;
-        while tokio::signal::ctrl_c().await.is_ok() {
+        loop {
+            let terminated = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => if r.is_err() { break },
+                () = terminated => {}
+            }
             n += 1;
             let _ = stop_tx.send(n);
             if n >= 2 {
@@ -406,7 +426,7 @@ impl Run {
     /// Why no new step may start, if one may not.
     fn halt(&self) -> Option<String> {
         if self.stopped_by_operator() {
-            return Some("interrupted by the operator (Ctrl-C)".into());
+            return Some("interrupted by the operator (Ctrl-C or SIGTERM)".into());
         }
         if !self.rec.healthy() {
             return Some("the journal cannot be written".into());

@@ -28,11 +28,13 @@ pub struct WorldSpec {
     pub session_rows: u64,
     /// Extra `[maintenance]` keys.
     pub maintenance: String,
+    /// Hosts (1-based) whose application-dependency action takes a minute.
+    pub slow: Vec<usize>,
 }
 
 impl Default for WorldSpec {
     fn default() -> WorldSpec {
-        WorldSpec { agents: 3, inactive: vec![], audit_rows: 20_000, session_rows: 6_000, maintenance: String::new() }
+        WorldSpec { agents: 3, inactive: vec![], audit_rows: 20_000, session_rows: 6_000, maintenance: String::new(), slow: vec![] }
     }
 }
 
@@ -107,12 +109,13 @@ impl World {
             .expect("logrotate config");
             let state = if spec.inactive.contains(&i) { "inactive" } else { "active" };
             let fake = FakeSystemctl::new(&dir.join("bin"), state, 0);
+            let npm = if spec.slow.contains(&i) { "echo npm audit fix: slow registry; sleep 60" } else { "echo npm audit fix: found 0 vulnerabilities" };
             let sections = format!(
                 "[auth_log]\npaths = [\"{auth}\"]\n\
                  [jobs]\npatch_mode = \"simulate\"\nlogrotate_config = \"{d}/logrotate.conf\"\nlogrotate_state_file = \"{d}/logrotate.state\"\n\
                  [cleanup]\nallowed_roots = [\"{d}/tmp\", \"{d}/var/log\", \"{d}/app/logs\"]\n\
                  [services]\nallowed = [\"httpd\", \"fail2ban\"]\nsystemctl = \"{sc}\"\n\
-                 [[actions]]\nname = \"npm-audit-fix\"\nargv = [\"sh\", \"-c\", \"echo npm audit fix: found 0 vulnerabilities\"]\n\
+                 [[actions]]\nname = \"npm-audit-fix\"\nargv = [\"sh\", \"-c\", \"{npm}\"]\n\
                  [[actions]]\nname = \"certbot-renew-dry-run\"\nargv = [\"sh\", \"-c\", \"echo certbot renew --dry-run: no renewal due\"]\n",
                 auth = auth.display(),
                 d = dir.display(),
@@ -218,6 +221,60 @@ impl World {
         let mut jobs = c.list_jobs(ListJobsRequest { limit: 500, ..Default::default() }).await.expect("list jobs").into_inner().jobs;
         jobs.sort_by_key(|j| j.created_unix_ms);
         jobs
+    }
+
+    /// Starts `controller weekly-maintenance ARGS` as a child process (to be killed or
+    /// interrupted by the test), with the same clean environment as `controller`.
+    pub fn spawn_maintenance(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(super::binary("controller"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", "/nonexistent")
+            .envs(self.env())
+            .arg("--config")
+            .arg(&self.config)
+            .args(["weekly-maintenance", "--report-dir"])
+            .arg(&self.reports)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn controller")
+    }
+
+    /// The ids of the runs with a journal.
+    pub fn runs(&self) -> Vec<String> {
+        std::fs::read_dir(self.state.join("ops/runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    }
+
+    /// A run's journal events.
+    pub fn journal(&self, run_id: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.state.join("ops/runs").join(run_id).join("journal.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits (up to `within`) until the only run's journal has an event for which `f` is true;
+    /// returns the run id.
+    pub async fn wait_journal(&self, within: Duration, f: impl Fn(&serde_json::Value) -> bool) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(id) = self.runs().first() {
+                if self.journal(id).iter().any(&f) {
+                    return id.clone();
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "the journal never showed the awaited event: {:?}", self.runs().first().map(|id| self.journal(id)));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Every text report the run kept in its folder (the runbooks of steps 7–10), for
