@@ -302,3 +302,74 @@ async fn a_killed_run_resumes_without_repeating_done_work_and_a_second_run_is_re
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_killed_mid_archive_and_resumed_moves_every_row_exactly_once_while_a_writer_inserts() {
+    tokio::time::timeout(Duration::from_secs(420), async {
+        let w = World::build(WorldSpec { agents: 1, audit_rows: 200_000, session_rows: 20_000, ..WorldSpec::default() }).await;
+        let mut c = w.sql().await;
+        let before = count(&mut c, "SELECT COUNT(*) FROM audit_log").await;
+        let old = count(&mut c, "SELECT COUNT(*) FROM audit_log WHERE created_at < UTC_TIMESTAMP() - INTERVAL 90 DAY").await;
+        assert!(old > 140_000, "{old}");
+
+        // The application keeps writing throughout.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (stop, url) = (stop.clone(), w.db.url("techhealth"));
+            tokio::spawn(async move {
+                let mut c = mysql_async::Conn::from_url(url).await.unwrap();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    c.query_drop("INSERT INTO audit_log (user_id, action, detail, created_at) VALUES (1, 'login', 'writer', UTC_TIMESTAMP())").await.unwrap();
+                    n += 1;
+                }
+                n
+            })
+        };
+
+        let mut first = w.spawn_maintenance(&["--yes"]);
+        let run_id = w.wait_journal(Duration::from_secs(180), |e| e["event"] == "step_ended" && e["step"] == "5 archive-start").await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let moved = count(&mut c, "SELECT COUNT(*) FROM audit_log_archive").await;
+            if moved >= 10_000 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the archive never got going ({moved} rows)");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        first.kill().unwrap();
+        first.wait().unwrap();
+        let at_kill = count(&mut c, "SELECT COUNT(*) FROM audit_log_archive").await;
+        assert!(at_kill < old, "the controller was killed mid-archive ({at_kill} of {old} moved)");
+        assert!(!w.journal(&run_id).iter().any(|e| e["event"] == "step_ended" && e["step"] == "5 audit-archive"));
+
+        let (code, out, err) = w.maintenance(&["--yes", "--resume", &run_id]).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let inserted = writer.await.unwrap();
+        assert_eq!(code, 0, "{out}\n{err}\n{}", w.run_reports(&run_id));
+        assert!(inserted > 0);
+
+        let params = w.journal(&run_id).into_iter().find(|e| e["event"] == "run_started").unwrap()["params"].clone();
+        let (archive_cutoff, sessions_cutoff) = (params["archive_cutoff"].as_str().unwrap().to_string(), params["sessions_cutoff"].as_str().unwrap().to_string());
+        let live = count(&mut c, "SELECT COUNT(*) FROM audit_log").await;
+        let archived = count(&mut c, "SELECT COUNT(*) FROM audit_log_archive").await;
+        assert_eq!(live + archived, before + inserted, "every row exactly once in the live or the archive table");
+        assert_eq!(count(&mut c, "SELECT COUNT(*) FROM audit_log a JOIN audit_log_archive b USING (id)").await, 0, "no row in both");
+        assert_eq!(count(&mut c, "SELECT COUNT(DISTINCT id) FROM audit_log_archive").await, archived, "no row archived twice");
+        // Exactly the rows older than the run's cutoff moved (rows may have crossed the
+        // line between this test's count and the run's start, never the other way).
+        assert!(archived >= old, "{archived} moved, {old} were old at the start");
+        let young: Option<u64> = c.exec_first("SELECT COUNT(*) FROM audit_log_archive WHERE created_at >= ?", (archive_cutoff.as_str(),)).await.unwrap();
+        assert_eq!(young, Some(0), "no row newer than the cutoff was archived");
+        let older: Option<u64> = c.exec_first("SELECT COUNT(*) FROM audit_log WHERE created_at < ?", (archive_cutoff.as_str(),)).await.unwrap();
+        assert_eq!(older, Some(0), "no live row older than the cutoff");
+        let old_sessions: Option<u64> = c.exec_first("SELECT COUNT(*) FROM sessions WHERE created_at < ?", (sessions_cutoff.as_str(),)).await.unwrap();
+        assert_eq!(old_sessions, Some(0), "old sessions are gone");
+        let r = w.report();
+        assert_eq!(r["database"]["archive"]["verified"], true, "{out}");
+        assert_eq!(state_of(&r, "5 audit-archive", None), "succeeded");
+    })
+    .await
+    .unwrap();
+}
