@@ -201,6 +201,24 @@ async fn a_dry_run_reads_everything_and_changes_nothing() {
         let snaps_before = w.aws.ec2.describe_snapshots().owner_ids("self").send().await.unwrap().snapshots().len();
         let rds_before = w.aws.rds.describe_db_snapshots().send().await.unwrap().db_snapshots().len();
 
+        // Without a terminal to confirm on, a real run needs --yes: refused, nothing done.
+        let (code, _, err) = w.maintenance(&[]).await;
+        assert_eq!(code, 2);
+        assert!(err.contains("--yes"), "{err}");
+        // --hosts names hosts of the fleet, or nothing runs.
+        let (code, _, err) = w.maintenance(&["--dry-run", "--hosts", "web-9"]).await;
+        assert_eq!(code, 2);
+        assert!(err.contains("web-9") && err.contains("web-1"), "{err}");
+        // One JSON event per line with -o json, the report last.
+        let (code, out, err) = w.controller(vec!["-o".into(), "json".into(), "weekly-maintenance".into(), "--dry-run".into(), "--hosts".into(), "web-2".into(), "--report-dir".into(), w.reports.display().to_string()]).await;
+        assert_eq!(code, 0, "{out}\n{err}");
+        let events: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+        assert_eq!(events.first().unwrap()["event"], "plan");
+        assert_eq!(events.first().unwrap()["hosts"], serde_json::json!(["web-2"]));
+        assert!(events.iter().any(|e| e["event"] == "step_ended" && e["host"] == "web-2"));
+        assert_eq!(events.last().unwrap()["event"], "run_ended");
+        assert_eq!(events.last().unwrap()["report"]["outcome"], "planned");
+
         let (code, out, err) = w.maintenance(&["--dry-run"]).await;
         assert_eq!(code, 0, "{out}\n{err}");
         let r = w.report();
@@ -369,6 +387,35 @@ async fn the_controller_killed_mid_archive_and_resumed_moves_every_row_exactly_o
         let r = w.report();
         assert_eq!(r["database"]["archive"]["verified"], true, "{out}");
         assert_eq!(state_of(&r, "5 audit-archive", None), "succeeded");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_ctrl_c_lets_the_host_in_flight_finish_and_starts_nothing_new() {
+    tokio::time::timeout(LIMIT, async {
+        let w = World::build(WorldSpec { audit_rows: 1_000, session_rows: 100, ..WorldSpec::default() }).await;
+        let child = w.spawn_maintenance(&["--yes"]);
+        let run_id = w.wait_journal(Duration::from_secs(120), |e| e["event"] == "step_ended" && e["step"] == "3 patch" && e["host"] == "web-1").await;
+        rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::INT).unwrap();
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+        let r = w.report();
+        assert_eq!(r["run_id"], run_id.as_str());
+        // web-1 was in flight: it finished all its updates.
+        assert_eq!(host_state(&r, "web-1").0, "succeeded", "{stdout}");
+        assert_eq!(state_of(&r, "4 restart fail2ban", Some("web-1")), "succeeded");
+        for h in ["web-2", "web-3"] {
+            let (state, reason) = host_state(&r, h);
+            assert_eq!(state, "not_started");
+            assert!(reason.contains("Ctrl-C"), "{reason}");
+        }
+        assert_eq!(state_of(&r, "5 audit-archive", None), "not_run");
+        assert_eq!(state_of(&r, "10 verification", None), "not_run");
+        assert!(r["stopped"].as_str().unwrap_or("").contains("interrupted"), "{}", r["stopped"]);
+        assert_eq!(w.jobs(1).await.len(), 0, "web-2 got no job after the interrupt");
     })
     .await
     .unwrap();
