@@ -19,6 +19,16 @@ async fn run_to_end(mgr: &agent::jobs::JobManager, s: JobSpec) -> (String, Job) 
     (String::from_utf8_lossy(&out).into_owned(), done)
 }
 
+/// An agent whose only allowed service is httpd, with the systemctl stand-in answering
+/// `is-active` with `state` and `restart` with `restart_exit`.
+async fn httpd_only(state: &str, restart_exit: i32) -> (TestEnv, std::sync::Arc<agent::jobs::JobManager>) {
+    let mut env = TestEnv::new();
+    env.settings.services.systemctl = Some(fake_systemctl(env.path(), state, restart_exit));
+    env.settings.services.allowed = vec!["httpd".into()];
+    let mgr = env.open().await;
+    (env, mgr)
+}
+
 fn restart_if_running(unit: &str) -> JobSpec {
     JobSpec {
         kind: Some(job_spec::Kind::RestartService(RestartService {
@@ -39,10 +49,7 @@ fn service_result(job: &Job) -> ops_proto::v1::ServiceResult {
 async fn restart_if_running_leaves_a_unit_the_host_does_not_run_alone_and_succeeds() {
     within_test_limit(async {
         for unit_state in ["inactive", "failed"] {
-            let mut env = TestEnv::new();
-            env.settings.services.systemctl = Some(fake_systemctl(env.path(), unit_state, 0));
-            env.settings.services.allowed = vec!["httpd".into()];
-            let mgr = env.open().await;
+            let (env, mgr) = httpd_only(unit_state, 0).await;
             let (out, done) = run_to_end(&mgr, restart_if_running("httpd.service")).await;
             assert_eq!(
                 JobState::try_from(done.state).unwrap(),
@@ -71,10 +78,7 @@ async fn restart_if_running_leaves_a_unit_the_host_does_not_run_alone_and_succee
 #[tokio::test]
 async fn restart_if_running_restarts_a_running_unit_and_checks_it_came_back() {
     within_test_limit(async {
-        let mut env = TestEnv::new();
-        env.settings.services.systemctl = Some(fake_systemctl(env.path(), "active", 0));
-        env.settings.services.allowed = vec!["httpd".into()];
-        let mgr = env.open().await;
+        let (env, mgr) = httpd_only("active", 0).await;
         let (out, done) = run_to_end(&mgr, restart_if_running("httpd")).await;
         assert_eq!(
             JobState::try_from(done.state).unwrap(),
@@ -95,10 +99,7 @@ async fn restart_if_running_restarts_a_running_unit_and_checks_it_came_back() {
 #[tokio::test]
 async fn restart_if_running_of_a_running_unit_whose_restart_fails_fails() {
     within_test_limit(async {
-        let mut env = TestEnv::new();
-        env.settings.services.systemctl = Some(fake_systemctl(env.path(), "active", 1));
-        env.settings.services.allowed = vec!["httpd".into()];
-        let mgr = env.open().await;
+        let (_env, mgr) = httpd_only("active", 1).await;
         let (out, done) = run_to_end(&mgr, restart_if_running("httpd")).await;
         assert_eq!(
             JobState::try_from(done.state).unwrap(),
@@ -118,10 +119,7 @@ async fn restart_if_running_of_a_running_unit_whose_restart_fails_fails() {
 #[tokio::test]
 async fn restart_if_running_still_refuses_a_unit_outside_the_allow_list() {
     within_test_limit(async {
-        let mut env = TestEnv::new();
-        env.settings.services.systemctl = Some(fake_systemctl(env.path(), "active", 0));
-        env.settings.services.allowed = vec!["httpd".into()];
-        let mgr = env.open().await;
+        let (env, mgr) = httpd_only("active", 0).await;
         let err = mgr
             .start(req(restart_if_running("sshd")), &operator())
             .await
