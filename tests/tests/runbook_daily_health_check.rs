@@ -1,7 +1,8 @@
 //! `daily-health-check` against moto, real in-process agents over mTLS and loopback web
 //! servers: a healthy world passes every check; a broken one names each problem (missing
 //! stack, an alarm in ALARM, an HTTP 500, an unreachable agent, 120 error events over
-//! several pages, failed logins over the threshold) and its action items.
+//! several pages, failed logins over the threshold) and its action items; app URLs over
+//! https, redirects, bad URLs and hosts outside loopback are each reported as such.
 #![allow(clippy::unwrap_used)] // test code: a failed step should stop the test
 
 use std::time::Duration;
@@ -164,6 +165,51 @@ async fn a_static_fleet_counts_no_ec2_instances_and_fills_app_url_with_each_host
         assert_eq!(conn.status, Status::Ok, "{text}");
         assert!(conn.details.iter().any(|d| d.contains(&format!("http://127.0.0.1:{}/health", site.addr.port()))), "{:?}", conn.details);
         agent.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn app_urls_over_https_verify_against_tls_ca_file_redirects_are_reported_and_only_loopback_is_dialled() {
+    tokio::time::timeout(LIMIT, async {
+        let moto = Moto::start();
+        let aws = moto.clients().await;
+        let pki = TestPki::new();
+        let cert = pki.agent_cert("app", &["techhealth.com"], Some(TestPki::valid_for(90)));
+        let site = web::https(&cert.cert, &cert.key).await;
+        let moved = web::http(301).await;
+        let (https_url, moved_url) = (format!("https://{}/", site.addr), moved.url());
+        for (name, url) in [("web-1", https_url.as_str()), ("web-2", moved_url.as_str()), ("web-3", "http://203.0.113.7/"), ("web-4", "http//web-4/")] {
+            seed::instance(&aws, &[("Project", "TechHealth"), ("Name", name), ("AppUrl", url)], true).await;
+        }
+        let line = |c: &controller::runbooks::report::Check, name: &str| {
+            c.details.iter().find(|d| d.starts_with(&format!("{name} (i-"))).cloned().unwrap_or_else(|| panic!("{name}: {:?}", c.details))
+        };
+
+        // The site's certificate chains to the test CA, which the probe is told to trust.
+        let trusted = format!("tls_ca_file = \"{}\"\nhttp_timeout = \"3s\"", pki.ca_file.display());
+        let report = runbooks::run(Which::DailyHealthCheck, &seed::context(aws.clone(), &trusted, None)).await;
+        let conn = report.check(daily::CONNECTIVITY).unwrap_or_else(|| panic!("{}", report.render_text())).clone();
+        assert_eq!(conn.status, Status::Fail, "{:?}", conn.details);
+        assert_eq!(conn.summary, "1 of 4 instances answer HTTP 200; 1 without a URL");
+        assert!(line(&conn, "web-1").ends_with(&format!("{https_url}  HTTP 200")), "{:?}", conn.details);
+        // A redirect is the answer, not followed (web::http sends no Location to follow anyway).
+        assert!(line(&conn, "web-2").ends_with(&format!("{moved_url}  HTTP 301")), "{:?}", conn.details);
+        // moto's AWS is a local emulator: a host outside loopback is never dialled.
+        assert!(line(&conn, "web-3").contains("not contacted: the AWS endpoint is a local emulator"), "{:?}", conn.details);
+        let bad = line(&conn, "web-4");
+        assert!(bad.contains("bad URL \"http//web-4/\": relative URL without a base"), "{bad}");
+
+        // Without it the same certificate chains to nothing the probe trusts.
+        let report = runbooks::run(Which::DailyHealthCheck, &seed::context(aws, "http_timeout = \"3s\"", None)).await;
+        let conn = report.check(daily::CONNECTIVITY).unwrap().clone();
+        let web1 = line(&conn, "web-1");
+        assert!(
+            web1.contains(&format!("TLS handshake with {} failed: certificate not trusted: issued by an unknown CA", site.addr)),
+            "{web1}"
+        );
+        assert_eq!(conn.summary, "0 of 4 instances answer HTTP 200; 1 without a URL");
     })
     .await
     .expect("test timed out");

@@ -148,18 +148,21 @@ async fn probe_all(ctx: &Context, running: &[Instance]) -> Vec<Probe> {
                 .collect()
         }
     };
+    // https URLs verify against the anchors the certificate probe uses.
+    let roots = probe::trust_roots(ctx.runbooks.tls_ca_file.as_deref());
+    let roots = &roots;
     let mut probes = stream::iter(targets)
         .map(|(instance, url)| async move {
             let result = match &url {
-                Ok(u) => match probe::parse_url(u) {
-                    Ok(parsed) if !crate::aws::may_contact(local_emulator, &parsed.host) => Some(Err(crate::aws::NOT_CONTACTED.to_string())),
-                    _ => Some(
-                        tokio::time::timeout_at(ctx.deadline, probe::http_status(u, timeout))
-                            .await
-                            .unwrap_or(Err(probe::ProbeError::Deadline))
-                            .map_err(|e| e.to_string()),
-                    ),
-                },
+                // The guard and the probe see the same parsed host.
+                Ok(u) => Some(match probe::parse_url(u) {
+                    Ok(parsed) if !crate::aws::may_contact(local_emulator, &parsed.host) => Err(crate::aws::NOT_CONTACTED.to_string()),
+                    Ok(parsed) => tokio::time::timeout_at(ctx.deadline, probe::http_status(&parsed, roots, timeout))
+                        .await
+                        .unwrap_or(Err(probe::ProbeError::Deadline))
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }),
                 Err(_) => None,
             };
             Probe { instance, url, result }
