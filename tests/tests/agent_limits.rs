@@ -12,6 +12,7 @@ use controller::client::Dialer;
 use e2e::support::agent::{config_text, dialer, host, operator_client, spawn_in_process, write_config, AgentProcess};
 use e2e::support::binary;
 use e2e::support::certs::TestPki;
+use e2e::support::controller::ControllerConfig;
 use ops_proto::tls::DialTimeouts;
 use ops_proto::v1::{
     job_event, job_spec, AgentStatsRequest, AuthFailuresRequest, CancelJobRequest, GetJobRequest, HostInfoRequest, JobSpec,
@@ -47,16 +48,7 @@ fn a_thousand_idle_tcp_connections_do_not_lock_out_fleet_ping() {
     // Connections that never send a ClientHello, all from the same source as the controller.
     let idle: Vec<TcpStream> = (0..IDLE_CONNECTIONS).map(|_| TcpStream::connect(agent.addr).unwrap()).collect();
 
-    let cfg_text = format!(
-        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[fleet]\nsource = \"static\"\nconnect_timeout = \"5s\"\n\
-         [[fleet.hosts]]\nname = \"web-1\"\naddress = \"{}\"\nserver_name = \"localhost\"\n",
-        pki.ca_file.display(),
-        pki.viewer.cert.display(),
-        pki.viewer.key.display(),
-        agent.addr
-    );
-    let cfg = pki.path().join("controller.toml");
-    std::fs::write(&cfg, cfg_text).unwrap();
+    let cfg = ControllerConfig::new(&pki).viewer().connect_timeout("5s").host("web-1", agent.addr).write();
     let out = Command::new(binary("controller"))
         .arg("--config")
         .arg(&cfg)

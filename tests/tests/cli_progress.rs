@@ -9,23 +9,26 @@ use std::process::Command;
 
 use e2e::support::agent::{config_text, write_config, AgentProcess};
 use e2e::support::certs::TestPki;
-use e2e::support::controller::{run, static_config};
+use e2e::support::controller::{run, ControllerConfig};
 use e2e::support::moto::Moto;
 use e2e::support::{binary, free_port};
 
 
-fn controller_config(pki: &TestPki, hosts: &[(&str, String)]) -> PathBuf {
-    static_config(pki, hosts, "")
+/// A live agent and two hosts that do not answer.
+fn fleet_config(pki: &TestPki) -> (AgentProcess, ControllerConfig<'_>) {
+    let agent = AgentProcess::start(&write_config(pki, "agent", &config_text(pki, &pki.agent, "127.0.0.1:0", "", "")));
+    let cfg = ControllerConfig::new(pki).hosts(&[
+        ("web-1", agent.addr.to_string()),
+        ("web-2", format!("127.0.0.1:{}", free_port())),
+        ("web-3", format!("127.0.0.1:{}", free_port())),
+    ]);
+    (agent, cfg)
 }
 
-/// A live agent and two hosts that do not answer.
+/// [`fleet_config`], written.
 fn fleet(pki: &TestPki) -> (AgentProcess, PathBuf) {
-    let agent = AgentProcess::start(&write_config(pki, "agent", &config_text(pki, &pki.agent, "127.0.0.1:0", "", "")));
-    let cfg = controller_config(
-        pki,
-        &[("web-1", agent.addr.to_string()), ("web-2", format!("127.0.0.1:{}", free_port())), ("web-3", format!("127.0.0.1:{}", free_port()))],
-    );
-    (agent, cfg)
+    let (agent, cfg) = fleet_config(pki);
+    (agent, cfg.write())
 }
 
 /// Nothing of a progress bar: no escape sequence, no bar glyphs, not the bar's own words.
@@ -80,13 +83,11 @@ fn fleet_ping_on_a_terminal_draws_the_bar_on_stderr() {
     let script = Path::new("/usr/bin/script");
     assert!(script.is_file(), "`script` not found: install Debian's util-linux (scripts/setup does)");
     let pki = TestPki::new();
-    let (_agent, cfg) = fleet(&pki);
     // A host that accepts TCP but never answers TLS keeps the ping open until its 2 s connect
     // timeout, so the bar has time to draw.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let text = std::fs::read_to_string(&cfg).unwrap()
-        + &format!("[[fleet.hosts]]\nname = \"web-4\"\naddress = \"{}\"\nserver_name = \"localhost\"\n", silent.local_addr().unwrap());
-    std::fs::write(&cfg, text).unwrap();
+    let (_agent, cfg) = fleet_config(&pki);
+    let cfg = cfg.host("web-4", silent.local_addr().unwrap()).write();
     let typescript = pki.path().join("typescript");
     let line = format!("{} --config {} fleet ping", binary("controller").display(), cfg.display());
     let out = Command::new(script).args(["-qec", &line]).arg(&typescript).env("TERM", "xterm").output().unwrap();

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use e2e::support::agent::{config_text, write_config, AgentProcess};
 use e2e::support::certs::TestPki;
-use e2e::support::controller::{run, static_config};
+use e2e::support::controller::{run, static_config, ControllerConfig};
 use e2e::support::{binary, free_port};
 
 
@@ -110,13 +110,13 @@ fn fleet_ping_names_timeouts_and_rejected_certificates() {
     // A peer that accepts TCP and then says nothing: the TLS handshake never completes.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_addr = silent.local_addr().unwrap().to_string();
-    let mut text = std::fs::read_to_string(controller_config(&pki, &[("web-1", agent.addr.to_string())])).unwrap();
-    text = text.replace("connect_timeout = \"2s\"", "connect_timeout = \"1s\"");
-    text.push_str(&format!("[[fleet.hosts]]\nname = \"hung\"\naddress = \"{silent_addr}\"\nserver_name = \"localhost\"\n"));
-    // The live agent, dialled under a name its certificate does not carry.
-    text.push_str(&format!("[[fleet.hosts]]\nname = \"impostor\"\naddress = \"{}\"\nserver_name = \"db-1.internal\"\n", agent.addr));
-    let cfg = pki.path().join("controller-3.toml");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = ControllerConfig::new(&pki)
+        .connect_timeout("1s")
+        .host("web-1", agent.addr)
+        .host("hung", &silent_addr)
+        // The live agent, dialled under a name its certificate does not carry.
+        .host_named("impostor", agent.addr, "db-1.internal")
+        .write();
     let started = std::time::Instant::now();
     let (code, out, err) = controller(&cfg, &["--output", "json", "fleet", "ping"]);
     assert_eq!(code, 1, "stderr: {err}");

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use e2e::support::agent::{config_text, write_config, AgentProcess};
 use e2e::support::binary;
 use e2e::support::certs::TestPki;
+use e2e::support::controller::ControllerConfig;
 use e2e::support::netns::Lab;
 
 #[test]
@@ -34,17 +35,15 @@ fn fleet_ping_across_namespaced_hosts_names_every_failure() {
         let cfg = write_config(&pki, &format!("agent-{i}"), &text);
         agents.push(AgentProcess::start_in(&cfg, Some(&lab.hosts[i].ns)));
     }
-    let mut ctl = format!(
-        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[fleet]\nconnect_timeout = \"1s\"\n",
-        pki.ca_file.display(),
-        pki.operator.cert.display(),
-        pki.operator.key.display()
-    );
-    for (i, h) in lab.hosts.iter().enumerate() {
-        ctl.push_str(&format!("[[fleet.hosts]]\nname = \"web-{i}\"\naddress = \"{}:7443\"\nserver_name = \"web-{i}\"\n", h.addr));
-    }
-    let cfg = pki.path().join("controller.toml");
-    std::fs::write(&cfg, ctl).unwrap();
+    let cfg = lab
+        .hosts
+        .iter()
+        .enumerate()
+        .fold(ControllerConfig::new(&pki).connect_timeout("1s"), |c, (i, h)| {
+            let name = format!("web-{i}");
+            c.host_named(&name, format!("{}:7443", h.addr), &name)
+        })
+        .write();
     let ping = || {
         let out = Lab::command_in(&lab.controller_ns, &binary("controller"))
             .args(["--config", cfg.to_str().unwrap(), "--output", "json", "fleet", "ping"])

@@ -7,6 +7,7 @@ use std::process::Command;
 use e2e::support::agent::{config_text, write_config, AgentProcess};
 use e2e::support::binary;
 use e2e::support::certs::TestPki;
+use e2e::support::controller::ControllerConfig;
 
 #[test]
 fn top_shows_every_host_and_names_the_one_that_stopped() {
@@ -17,17 +18,11 @@ fn top_shows_every_host_and_names_the_one_that_stopped() {
             AgentProcess::start(&write_config(&pki, &format!("agent-{i}"), &text))
         })
         .collect();
-    let mut cfg = format!(
-        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[fleet]\nconnect_timeout = \"1s\"\n",
-        pki.ca_file.display(),
-        pki.viewer.cert.display(),
-        pki.viewer.key.display()
-    );
-    for (i, a) in agents.iter().enumerate() {
-        cfg.push_str(&format!("[[fleet.hosts]]\nname = \"web-{}\"\naddress = \"{}\"\nserver_name = \"localhost\"\n", i + 1, a.addr));
-    }
-    let path = pki.path().join("controller.toml");
-    std::fs::write(&path, cfg).unwrap();
+    let path = agents
+        .iter()
+        .enumerate()
+        .fold(ControllerConfig::new(&pki).viewer().connect_timeout("1s"), |c, (i, a)| c.host(&format!("web-{}", i + 1), a.addr))
+        .write();
     agents[1].kill();
 
     let out = Command::new(binary("controller"))

@@ -48,15 +48,7 @@ fn controller_job_start_follows_output_and_ends_with_json_state() {
     let pki = TestPki::new();
     let text = config_text(&pki, &pki.agent, "127.0.0.1:0", "", &actions(5, "0.01"));
     let agent = AgentProcess::start(&write_config(&pki, "agent", &text));
-    let cfg = pki.path().join("controller.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[[fleet.hosts]]\nname = \"web-1\"\naddress = \"{}\"\nserver_name = \"localhost\"\n",
-            pki.ca_file.display(), pki.operator.cert.display(), pki.operator.key.display(), agent.addr
-        ),
-    )
-    .unwrap();
+    let cfg = controller_cli::static_config(&pki, &[("web-1", agent.addr.to_string())], "");
     let out = Command::new(binary("controller"))
         .args(["--config", cfg.to_str().unwrap(), "--output", "json", "job", "start", "web-1", "action", "count"])
         .output()

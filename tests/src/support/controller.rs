@@ -1,48 +1,155 @@
-//! The controller as the end-to-end tests run it: one builder for its config file (the
-//! test PKI's operator certificate, a static fleet or an EC2 fleet addressed by the
-//! `Agent` tag, then any extra TOML) and one runner for the binary that returns
-//! (exit code, stdout, stderr). Every CLI test writes its config here, so a change to the
-//! config format is made once.
+//! The controller as the end-to-end tests run it: one builder for its config file
+//! ([`ControllerConfig`]: the client certificate it presents, a static fleet or an EC2
+//! fleet addressed by the `Agent` tag, then any extra TOML) and one runner for the binary
+//! that returns (exit code, stdout, stderr). Every CLI test writes its config here, so a
+//! change to the config format is made once; no test writes `[tls]` or `[fleet]` by hand.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::binary;
-use super::certs::TestPki;
+use super::certs::{Files, TestPki};
 
-fn tls_section(pki: &TestPki) -> String {
-    format!(
-        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        pki.ca_file.display(),
-        pki.operator.cert.display(),
-        pki.operator.key.display()
-    )
+/// Where the fleet comes from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// `[[fleet.hosts]]` listed in the file.
+    Static,
+    /// EC2 instances tagged `Project=TechHealth`, each dialled at its `Agent` tag.
+    Ec2,
 }
 
-fn write(pki: &TestPki, text: &str) -> PathBuf {
-    let p = pki.path().join("controller.toml");
-    std::fs::write(&p, text).expect("write controller.toml");
-    p
+/// One host of a static fleet: its name, `host:port`, and the name its certificate must carry.
+#[derive(Debug, Clone)]
+struct Host {
+    name: String,
+    address: String,
+    server_name: String,
+}
+
+/// A controller config file under construction. Starts as the operator certificate of the
+/// test PKI and an empty static fleet with a 2 s connect timeout; [`write`](Self::write)
+/// puts it at `controller.toml` in the PKI's folder. A viewer's fleet of one, say:
+/// `ControllerConfig::new(&pki).viewer().host("web-1", agent.addr).write()`.
+#[derive(Clone)]
+pub struct ControllerConfig<'a> {
+    pki: &'a TestPki,
+    identity: Files,
+    source: Source,
+    connect_timeout: Option<String>,
+    hosts: Vec<Host>,
+    extra: String,
+}
+
+impl<'a> ControllerConfig<'a> {
+    /// A static fleet with no hosts yet, the operator certificate, a 2 s connect timeout.
+    pub fn new(pki: &'a TestPki) -> ControllerConfig<'a> {
+        ControllerConfig {
+            pki,
+            identity: pki.operator.clone(),
+            source: Source::Static,
+            connect_timeout: Some("2s".into()),
+            hosts: Vec::new(),
+            extra: String::new(),
+        }
+    }
+
+    /// The TechHealth EC2 fleet (tag Project=TechHealth), each agent dialled at its `Agent`
+    /// tag, with the controller's default connect timeout.
+    pub fn ec2(pki: &'a TestPki) -> ControllerConfig<'a> {
+        ControllerConfig { source: Source::Ec2, connect_timeout: None, ..ControllerConfig::new(pki) }
+    }
+
+    /// Presents this client certificate (signed by the test CA) instead of the operator's.
+    pub fn identity(mut self, files: &Files) -> Self {
+        self.identity = files.clone();
+        self
+    }
+
+    /// Presents the test PKI's viewer certificate.
+    pub fn viewer(self) -> Self {
+        let viewer = self.pki.viewer.clone();
+        self.identity(&viewer)
+    }
+
+    /// `[fleet] connect_timeout`, as the config writes it ("1s", "500ms").
+    pub fn connect_timeout(mut self, timeout: &str) -> Self {
+        self.connect_timeout = Some(timeout.into());
+        self
+    }
+
+    /// A host of the static fleet whose certificate names `localhost` (the test PKI's agent
+    /// certificate does).
+    pub fn host(self, name: &str, address: impl std::fmt::Display) -> Self {
+        self.host_named(name, address, "localhost")
+    }
+
+    /// A host of the static fleet dialled under `server_name`.
+    pub fn host_named(mut self, name: &str, address: impl std::fmt::Display, server_name: &str) -> Self {
+        self.hosts.push(Host { name: name.into(), address: address.to_string(), server_name: server_name.into() });
+        self
+    }
+
+    /// Hosts of the static fleet, each with a certificate naming `localhost`.
+    pub fn hosts(self, hosts: &[(&str, String)]) -> Self {
+        hosts.iter().fold(self, |c, (name, addr)| c.host(name, addr))
+    }
+
+    /// Whole TOML sections (`[runbooks]`, `[aws]`, ...) added to the file. Bare keys would
+    /// land in whatever table precedes them: give them their section header.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        if !toml.is_empty() && !toml.ends_with('\n') {
+            self.extra.push('\n');
+        }
+        self
+    }
+
+    /// The file's text.
+    pub fn text(&self) -> String {
+        let mut text = format!(
+            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{}",
+            self.pki.ca_file.display(),
+            self.identity.cert.display(),
+            self.identity.key.display(),
+            self.extra
+        );
+        match self.source {
+            Source::Static => text.push_str("[fleet]\nsource = \"static\"\n"),
+            Source::Ec2 => {
+                text.push_str("[fleet]\nsource = \"ec2\"\ntag_filters = { Project = \"TechHealth\" }\naddress = \"tag:Agent\"\n")
+            }
+        }
+        if let Some(t) = &self.connect_timeout {
+            text.push_str(&format!("connect_timeout = \"{t}\"\n"));
+        }
+        for h in &self.hosts {
+            text.push_str(&format!(
+                "[[fleet.hosts]]\nname = \"{}\"\naddress = \"{}\"\nserver_name = \"{}\"\n",
+                h.name, h.address, h.server_name
+            ));
+        }
+        text
+    }
+
+    /// Writes the file and returns its path.
+    pub fn write(&self) -> PathBuf {
+        let p = self.pki.path().join("controller.toml");
+        std::fs::write(&p, self.text()).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        p
+    }
 }
 
 /// A static fleet of `hosts` (name, host:port; certificates name `localhost`), a 2 s
-/// connect timeout, then `extra` sections.
+/// connect timeout, then `extra` sections; the operator certificate.
 pub fn static_config(pki: &TestPki, hosts: &[(&str, String)], extra: &str) -> PathBuf {
-    let mut text = format!("{}{extra}\n[fleet]\nsource = \"static\"\nconnect_timeout = \"2s\"\n", tls_section(pki));
-    for (name, addr) in hosts {
-        text.push_str(&format!("[[fleet.hosts]]\nname = \"{name}\"\naddress = \"{addr}\"\nserver_name = \"localhost\"\n"));
-    }
-    write(pki, &text)
+    ControllerConfig::new(pki).hosts(hosts).extra(extra).write()
 }
 
 /// The TechHealth EC2 fleet (tag Project=TechHealth), each agent dialled at its `Agent`
-/// tag, then `extra` sections.
+/// tag, then `extra` sections; the operator certificate.
 pub fn ec2_config(pki: &TestPki, extra: &str) -> PathBuf {
-    let text = format!(
-        "{}[fleet]\nsource = \"ec2\"\ntag_filters = {{ Project = \"TechHealth\" }}\naddress = \"tag:Agent\"\n{extra}",
-        tls_section(pki)
-    );
-    write(pki, &text)
+    ControllerConfig::ec2(pki).extra(extra).write()
 }
 
 fn output(mut cmd: Command, config: &Path, args: &[&str]) -> (i32, String, String) {
