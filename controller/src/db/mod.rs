@@ -117,6 +117,7 @@ pub fn options(endpoint: &Endpoint, creds: &Credentials) -> Result<Opts, DbError
     match &endpoint.ca_bundle {
         Some(path) => {
             check_bundle(path)?;
+            install_tls_provider();
             let ssl = SslOpts::default().with_root_certs(vec![path.clone().into()]);
             b = b.ssl_opts(Some(ssl));
         }
@@ -124,6 +125,14 @@ pub fn options(endpoint: &Endpoint, creds: &Credentials) -> Result<Opts, DbError
         None => return Err(DbError::PlaintextRefused { host: endpoint.host.clone() }),
     }
     Ok(b.into())
+}
+
+/// mysql_async builds its rustls client config with the process-wide default crypto
+/// provider, and rustls cannot pick one by itself when both `ring` (ours) and `aws-lc-rs`
+/// (the AWS SDK's) are compiled in: without a default, the first TLS connection panics.
+/// Installs ring, as the rest of the controller uses; a default already chosen is kept.
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn check_bundle(path: &Path) -> Result<(), DbError> {
