@@ -66,6 +66,13 @@ impl TestPki {
         write(self.path(), name, &self.ca.agent(name, &["127.0.0.1".parse().expect("ip")], &dns, validity).expect("agent cert"))
     }
 
+    /// Writes a server certificate signed by this CA for exactly these addresses and names
+    /// (a database's, say; [`agent_cert`](Self::agent_cert) always adds 127.0.0.1).
+    pub fn server_cert(&self, name: &str, ips: &[std::net::IpAddr], dns: &[&str]) -> Files {
+        let dns: Vec<String> = dns.iter().map(|s| s.to_string()).collect();
+        write(self.path(), name, &self.ca.agent(name, ips, &dns, None).expect("server cert"))
+    }
+
     /// A client certificate and key from a different CA, and that CA's file.
     pub fn foreign_client(&self) -> (PathBuf, Files) {
         let other = Ca::generate("some other CA", None).expect("other CA");

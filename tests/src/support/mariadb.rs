@@ -1,10 +1,13 @@
 //! A throwaway MariaDB server for tests: its own data directory, socket and loopback
-//! port, initialised with `mariadb-install-db` and stopped when dropped. Nothing is
-//! shared with the machine's own server.
+//! port, initialised with `mariadb-install-db` and stopped when dropped, optionally
+//! serving TLS with a certificate from the test PKI (and then optionally refusing any
+//! client not on TLS). Nothing is shared with the machine's own server.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::certs::{Files, TestPki};
 
 /// A running private MariaDB server.
 pub struct MariaDb {
@@ -25,10 +28,53 @@ fn find(names: &[&str]) -> Option<PathBuf> {
     None
 }
 
+/// The certificate a TLS server presents, and the CA it names as its own (`--ssl-ca`).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub ca: PathBuf,
+    pub cert: Files,
+}
+
+/// How to start the server; the default is plaintext only, as [`MariaDb::start`] does.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Serve TLS with this certificate (`--ssl-cert`, `--ssl-key`, `--ssl-ca`).
+    pub tls: Option<ServerTls>,
+    /// `--require-secure-transport`: refuse every TCP client that is not on TLS (the Unix
+    /// socket still counts as secure, so [`MariaDb::socket_url`] keeps working).
+    pub require_secure_transport: bool,
+}
+
+impl Options {
+    /// TLS with a server certificate from `pki`'s CA naming `127.0.0.1` and `localhost`,
+    /// what a client on this machine connects to.
+    pub fn tls(pki: &TestPki) -> Options {
+        let cert = pki.server_cert("mariadb", &[std::net::Ipv4Addr::LOCALHOST.into()], &["localhost"]);
+        Options { tls: Some(ServerTls { ca: pki.ca_file.clone(), cert }), require_secure_transport: false }
+    }
+
+    /// Refuses plaintext TCP clients.
+    pub fn require_secure_transport(mut self) -> Options {
+        self.require_secure_transport = true;
+        self
+    }
+}
+
 impl MariaDb {
-    /// Initialises a data directory and starts a server on a free loopback port.
+    /// Initialises a data directory and starts a plaintext server on a free loopback port.
     /// Root may log in over TCP without a password (it is a throwaway on loopback).
     pub fn start() -> MariaDb {
+        MariaDb::start_with(&Options::default())
+    }
+
+    /// [`start`](Self::start), also serving TLS with a certificate from `pki` for
+    /// `127.0.0.1` and `localhost` ([`Options::tls`]); plaintext clients are still let in.
+    pub fn start_tls(pki: &TestPki) -> MariaDb {
+        MariaDb::start_with(&Options::tls(pki))
+    }
+
+    /// Initialises a data directory and starts a server as `options` say.
+    pub fn start_with(options: &Options) -> MariaDb {
         let install = find(&["mariadb-install-db", "mysql_install_db"]).expect("mariadb-install-db not found: run scripts/setup");
         let server = find(&["mariadbd", "mysqld"]).expect("mariadbd not found: run scripts/setup");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -51,6 +97,15 @@ impl MariaDb {
         assert!(out.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&out.stderr));
         let port = super::free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
+        let mut tls_args = Vec::new();
+        if let Some(tls) = &options.tls {
+            tls_args.push(format!("--ssl-ca={}", tls.ca.display()));
+            tls_args.push(format!("--ssl-cert={}", tls.cert.cert.display()));
+            tls_args.push(format!("--ssl-key={}", tls.cert.key.display()));
+        }
+        if options.require_secure_transport {
+            tls_args.push("--require-secure-transport=ON".into());
+        }
         let child = Command::new(&server)
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
@@ -62,6 +117,7 @@ impl MariaDb {
             .arg("--user=root")
             .arg("--innodb-buffer-pool-size=16M")
             .arg("--skip-log-bin")
+            .args(&tls_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -90,9 +146,15 @@ impl MariaDb {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
-    /// A connection URL for root on this server.
+    /// A connection URL for root on this server, over TCP (plaintext).
     pub fn url(&self, database: &str) -> String {
         format!("mysql://root@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// A connection URL for root over the server's Unix socket, which a server requiring
+    /// secure transport still lets in: for setting up users and data.
+    pub fn socket_url(&self, database: &str) -> String {
+        format!("mysql://root@localhost/{database}?socket={}", self.dir.path().join("mysqld.sock").display())
     }
 }
 
