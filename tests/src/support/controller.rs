@@ -2,7 +2,9 @@
 //! ([`ControllerConfig`]: the client certificate it presents, a static fleet or an EC2
 //! fleet addressed by the `Agent` tag, then any extra TOML) and one runner for the binary
 //! that returns (exit code, stdout, stderr). Every CLI test writes its config here, so a
-//! change to the config format is made once; no test writes `[tls]` or `[fleet]` by hand.
+//! change to the config format is made once. The only config files written by hand are
+//! the deliberately wrong ones (a misspelt key, no `[tls]`); runbook tests that build a
+//! context in-process give their `[fleet]` to `aws_seed::context_with_fleet`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
