@@ -74,11 +74,13 @@ async fn a_ca_bundle_of_another_ca_is_refused_without_falling_back_to_plaintext(
         // the failed verification, it would have been let in.
         let db = server(Options::tls(&pki)).await;
         let (other_ca, _) = pki.foreign_client();
+        let other_ca_text = other_ca.display().to_string();
         let err = db::connect(&endpoint(&db, "127.0.0.1", Some(other_ca)), &creds()).await.unwrap_err();
-        assert!(matches!(err, DbError::Connect { .. }), "{err:?}");
+        assert!(matches!(err, DbError::Certificate { .. }), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains(&format!("127.0.0.1:{}", db.port)), "names the server: {msg}");
         assert!(msg.contains("UnknownIssuer"), "says why: {msg}");
+        assert!(msg.contains("ca_bundle") && msg.contains(&other_ca_text), "names the bundle to fix: {msg}");
         assert!(!msg.contains(PASSWORD), "{msg}");
     })
     .await
@@ -94,7 +96,7 @@ async fn a_server_certificate_for_another_name_is_refused() {
         let db = server(Options { tls: Some(ServerTls { ca: pki.ca_file.clone(), cert }), require_secure_transport: false }).await;
         let err = db::connect(&endpoint(&db, "127.0.0.1", Some(pki.ca_file.clone())), &creds()).await.unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, DbError::Connect { .. }), "{msg}");
+        assert!(matches!(err, DbError::Certificate { .. }), "{msg}");
         assert!(msg.contains("not valid for name \"127.0.0.1\""), "says why: {msg}");
     })
     .await

@@ -47,12 +47,14 @@ pub enum DbError {
     BadSecret { secret: String, reason: String },
     #[error("database endpoint unknown: the secret has no host and RDS reported none for the instance")]
     NoEndpoint,
-    #[error("database {host}: refusing a plaintext connection to a non-loopback host; set [database] ca_bundle to the RDS CA bundle")]
+    #[error("database {host}: refusing a plaintext connection to a non-loopback host; set [maintenance.database] ca_bundle to the RDS CA bundle")]
     PlaintextRefused { host: String },
     #[error("database CA bundle {path}: {reason}")]
     CaBundle { path: PathBuf, reason: String },
     #[error("database {host}:{port}: {source}")]
     Connect { host: String, port: u16, source: mysql_async::Error },
+    #[error("database {host}:{port}: its TLS certificate was refused ({reason}); it must chain to the CA bundle {bundle} ([maintenance.database] ca_bundle) and name {host}")]
+    Certificate { host: String, port: u16, bundle: PathBuf, reason: String },
     #[error("database {what}: {source}")]
     Query { what: String, source: mysql_async::Error },
     #[error("{0}")]
@@ -148,10 +150,18 @@ fn check_bundle(path: &Path) -> Result<(), DbError> {
 pub async fn connect(endpoint: &Endpoint, creds: &Credentials) -> Result<mysql_async::Conn, DbError> {
     use mysql_async::prelude::Queryable;
     let opts = options(endpoint, creds)?;
-    let mut conn = mysql_async::Conn::new(opts).await.map_err(|source| DbError::Connect {
-        host: endpoint.host.clone(),
-        port: endpoint.port,
-        source,
+    let mut conn = mysql_async::Conn::new(opts).await.map_err(|source| {
+        let text = source.to_string();
+        match (&endpoint.ca_bundle, text.find("invalid peer certificate")) {
+            // The server's certificate, not the network: say which file it must chain to.
+            (Some(bundle), Some(at)) => DbError::Certificate {
+                host: endpoint.host.clone(),
+                port: endpoint.port,
+                bundle: bundle.clone(),
+                reason: text[at..].to_string(),
+            },
+            _ => DbError::Connect { host: endpoint.host.clone(), port: endpoint.port, source },
+        }
     })?;
     // Cutoffs are UTC; TIMESTAMP columns compare in the session's zone.
     conn.query_drop("SET time_zone = '+00:00'").await.map_err(DbError::query("set the session time zone to UTC"))?;
