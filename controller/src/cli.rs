@@ -246,6 +246,12 @@ pub struct ReportArgs {
     pub deadline: Option<Duration>,
 }
 
+impl From<ReportArgs> for runbooks::RunOptions {
+    fn from(a: ReportArgs) -> Self {
+        runbooks::RunOptions { report_dir: a.report_dir, deadline: a.deadline }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
     /// Retention and window per database, newest automated snapshot, last EBS
@@ -423,12 +429,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(0)
         }
-        Command::DailyHealthCheck(r) => Ok(runbooks::cli(Which::DailyHealthCheck, &source.load()?, output, &r).await?),
+        Command::DailyHealthCheck(r) => Ok(runbooks::cli(Which::DailyHealthCheck, &source.load()?, output, &r.into()).await?),
         Command::PerformanceMonitoring { hours, report } => {
-            Ok(runbooks::cli(Which::PerformanceMonitoring { hours }, &source.load()?, output, &report).await?)
+            Ok(runbooks::cli(Which::PerformanceMonitoring { hours }, &source.load()?, output, &report.into()).await?)
         }
-        Command::Backup(BackupCommand::Verify(r)) => Ok(runbooks::cli(Which::BackupVerify, &source.load()?, output, &r).await?),
-        Command::SecurityReview(r) => Ok(runbooks::cli(Which::SecurityReview, &source.load()?, output, &r).await?),
+        Command::Backup(BackupCommand::Verify(r)) => Ok(runbooks::cli(Which::BackupVerify, &source.load()?, output, &r.into()).await?),
+        Command::SecurityReview(r) => Ok(runbooks::cli(Which::SecurityReview, &source.load()?, output, &r.into()).await?),
         Command::Job(cmd) => run_job(cmd, &source.load()?, output).await,
         Command::WeeklyMaintenance(a) => {
             let opts = crate::maintenance::Options {

@@ -83,10 +83,10 @@ pub struct FleetConfig {
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// TCP connect plus TLS handshake deadline, e.g. "3s".
-    #[serde(default = "default_connect_timeout", with = "duration_text")]
+    #[serde(default = "default_connect_timeout", with = "crate::duration_text")]
     pub connect_timeout: std::time::Duration,
     /// Deadline of each unary call to an agent, e.g. "30s".
-    #[serde(default = "default_request_timeout", with = "duration_text")]
+    #[serde(default = "default_request_timeout", with = "crate::duration_text")]
     pub request_timeout: std::time::Duration,
 }
 
@@ -277,7 +277,7 @@ impl ControllerConfig {
                 }
             }
         }
-        self.runbooks.validate()?;
+        self.runbooks.validate().map_err(|e| e.to_string())?;
         self.maintenance.validate()?;
         let mode = f.address.as_str();
         if !(mode == "private-ip" || mode == "public-ip" || mode.strip_prefix("tag:").is_some_and(|k| !k.is_empty())) {
@@ -286,17 +286,6 @@ impl ControllerConfig {
             ));
         }
         Ok(())
-    }
-}
-
-/// Durations written as "3s", "500ms", "1m" in the config file (`#[serde(with = ...)]`).
-pub(crate) mod duration_text {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
     }
 }
 

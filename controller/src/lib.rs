@@ -3,12 +3,12 @@
 #![forbid(unsafe_code)]
 
 pub mod aws;
-pub mod aws_fleet;
 pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
 pub mod db;
+pub(crate) mod duration_text;
 pub mod fleet;
 pub mod install;
 pub mod maintenance;

@@ -66,7 +66,7 @@ async fn fleet_discovery_dials_the_agent_tag_and_never_an_emulator_address() {
         let base = "[tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\n[fleet]\nsource = \"ec2\"\ntag_filters = { Project = \"TechHealth\" }\n";
 
         let cfg = ControllerConfig::parse(&format!("{base}address = \"tag:Agent\"\n")).unwrap();
-        let hosts = controller::aws_fleet::discover_with(&c, &cfg).await.unwrap();
+        let hosts = controller::fleet::ec2::discover_with(&c, &cfg).await.unwrap();
         assert_eq!(hosts.len(), 1, "{hosts:?}");
         assert_eq!(hosts[0].name, "web-1");
         assert_eq!(hosts[0].address, "127.0.0.1:7443");
@@ -74,7 +74,7 @@ async fn fleet_discovery_dials_the_agent_tag_and_never_an_emulator_address() {
 
         // moto invents private addresses; against a local emulator they are never dialled.
         let cfg = ControllerConfig::parse(base).unwrap();
-        let hosts = controller::aws_fleet::discover_with(&c, &cfg).await.unwrap();
+        let hosts = controller::fleet::ec2::discover_with(&c, &cfg).await.unwrap();
         assert!(hosts.is_empty(), "{hosts:?} (would dial {untagged}'s invented address)");
     })
     .await

@@ -81,7 +81,7 @@ pub struct AwsClients {
     pub cloudtrail: aws_sdk_cloudtrail::Client,
     pub region: String,
     /// The endpoint is a local AWS emulator (loopback): the addresses it reports for
-    /// instances are invented, so nothing may be dialled at them (see `may_contact`).
+    /// instances are invented, so nothing may be dialled at them (`fleet::ec2::may_dial`).
     pub local_emulator: bool,
 }
 
@@ -167,16 +167,6 @@ pub fn is_loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Whether a probe or dial to `host` is allowed: always against real AWS; against a
-/// local emulator only on loopback, because the emulator's instance addresses are
-/// invented and may belong to anyone on the internet or the local network.
-pub fn may_contact(local_emulator: bool, host: &str) -> bool {
-    !local_emulator || is_loopback_host(host)
-}
-
-/// Why a host was not contacted (see `may_contact`).
-pub const NOT_CONTACTED: &str = "not contacted: the AWS endpoint is a local emulator, whose instance addresses are not real hosts (only loopback targets are contacted; point instances at loopback with tags)";
-
 /// The SDK's timestamp as a chrono time (None when out of chrono's range).
 pub fn to_utc(t: &aws_sdk_ec2::primitives::DateTime) -> Option<DateTime<Utc>> {
     Utc.timestamp_opt(t.secs(), t.subsec_nanos()).single()
@@ -193,14 +183,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_loopback_hosts_may_be_contacted_when_aws_is_a_local_emulator() {
+    fn a_loopback_endpoint_is_a_local_emulator() {
         assert!(is_loopback_url("http://127.0.0.1:5000"));
         assert!(is_loopback_url("http://localhost:5000/"));
         assert!(is_loopback_url("http://[::1]:5000"));
         assert!(!is_loopback_url("https://ec2.us-east-1.amazonaws.com"));
-        assert!(may_contact(true, "127.0.0.2"));
-        assert!(!may_contact(true, "54.214.77.14"));
-        assert!(!may_contact(true, "10.0.1.5"));
-        assert!(may_contact(false, "10.0.1.5"));
     }
 }

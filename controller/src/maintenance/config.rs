@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::duration_text;
+use crate::duration_text;
 use crate::db::ident::Ident;
 use crate::rollout::policy::{Limit, Policy};
 

@@ -52,7 +52,7 @@ pub struct RunbooksConfig {
     /// The trail the compliance check asks CloudTrail about (name or ARN).
     pub trail_name: String,
     /// The trail must have delivered log files within this window, e.g. "24h".
-    #[serde(with = "crate::config::duration_text")]
+    #[serde(with = "crate::duration_text")]
     pub trail_max_delivery_age: Duration,
     /// The database whose automated snapshots are checked.
     pub db_instance_id: String,
@@ -76,14 +76,14 @@ pub struct RunbooksConfig {
     /// private CA), beside the system's trust store.
     pub tls_ca_file: Option<std::path::PathBuf>,
     /// Deadline of each HTTP and TLS probe, e.g. "10s".
-    #[serde(with = "crate::config::duration_text")]
+    #[serde(with = "crate::duration_text")]
     pub http_timeout: Duration,
     /// More failed logins than this is an action item.
     pub failed_login_threshold: u64,
     /// Tags of the automated EBS snapshots.
     pub ebs_snapshot_tags: BTreeMap<String, String>,
     /// Every volume of the fleet must have an automated snapshot newer than this, e.g. "26h".
-    #[serde(with = "crate::config::duration_text")]
+    #[serde(with = "crate::duration_text")]
     pub ebs_snapshot_max_age: Duration,
     /// Events per FilterLogEvents page; unset lets the service choose.
     pub log_page_limit: Option<i32>,
@@ -91,7 +91,7 @@ pub struct RunbooksConfig {
     pub unreachable: Unreachable,
     /// The whole run's deadline (`--deadline` overrides): an AWS call, a probe or an agent
     /// that has not answered by then fails its own check, named; the report still comes.
-    #[serde(with = "crate::config::duration_text")]
+    #[serde(with = "crate::duration_text")]
     pub deadline: Duration,
 }
 
@@ -145,15 +145,28 @@ pub struct TemplateVars<'a> {
     pub host: Option<&'a str>,
 }
 
+/// A template that cannot be filled for a host, or cannot be read at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("unclosed '{{' in {template:?}")]
+    Unclosed { template: String },
+    #[error("unknown placeholder {{{placeholder}}} in {template:?}")]
+    UnknownPlaceholder { placeholder: String, template: String },
+    /// The host has no value for this placeholder (e.g. an instance without a public IP):
+    /// "no public ip".
+    #[error("no {}", .placeholder.replace('_', " "))]
+    NoValue { placeholder: String },
+}
+
 /// Fills `{placeholders}`. Err names the first placeholder without a value (e.g. an
 /// instance without a public IP), or an unknown one.
-pub fn expand(template: &str, vars: &TemplateVars<'_>) -> Result<String, String> {
+pub fn expand(template: &str, vars: &TemplateVars<'_>) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
-        let close = after.find('}').ok_or_else(|| format!("unclosed '{{' in {template:?}"))?;
+        let close = after.find('}').ok_or_else(|| TemplateError::Unclosed { template: template.to_string() })?;
         let key = &after[..close];
         let value = match key {
             "public_ip" => vars.public_ip,
@@ -161,36 +174,51 @@ pub fn expand(template: &str, vars: &TemplateVars<'_>) -> Result<String, String>
             "instance_id" => vars.instance_id,
             "name" => vars.name,
             "host" => vars.host,
-            other => return Err(format!("unknown placeholder {{{other}}} in {template:?}")),
+            other => return Err(TemplateError::UnknownPlaceholder { placeholder: other.to_string(), template: template.to_string() }),
         };
-        out.push_str(value.ok_or_else(|| format!("no {}", key.replace('_', " ")))?);
+        out.push_str(value.ok_or_else(|| TemplateError::NoValue { placeholder: key.to_string() })?);
         rest = &after[close + 1..];
     }
     out.push_str(rest);
     Ok(out)
 }
 
+/// A `[runbooks]` value the types accept but the runbooks cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunbooksConfigError {
+    #[error("[runbooks] {key}: {source}")]
+    Template { key: &'static str, source: TemplateError },
+    #[error("[runbooks] app_url = {0:?}: must start with http:// or https://")]
+    AppUrlScheme(String),
+    #[error("[runbooks] http_timeout must be more than 0")]
+    ZeroHttpTimeout,
+    #[error("[runbooks] log_page_limit = {0}: must be 1 to 10000")]
+    LogPageLimit(i32),
+    #[error("[runbooks] {0} must not be empty")]
+    Empty(&'static str),
+}
+
 impl RunbooksConfig {
     /// Checks what the types cannot.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), RunbooksConfigError> {
         let all = TemplateVars { public_ip: Some("1"), private_ip: Some("1"), instance_id: Some("i"), name: Some("n"), host: Some("h") };
         for (key, t) in [("app_url", &self.app_url), ("tls_endpoint", &self.tls_endpoint)] {
-            expand(t, &all).map_err(|e| format!("[runbooks] {key}: {e}"))?;
+            expand(t, &all).map_err(|source| RunbooksConfigError::Template { key, source })?;
         }
         if !(self.app_url.starts_with("http://") || self.app_url.starts_with("https://")) {
-            return Err(format!("[runbooks] app_url = {:?}: must start with http:// or https://", self.app_url));
+            return Err(RunbooksConfigError::AppUrlScheme(self.app_url.clone()));
         }
         if self.http_timeout.is_zero() {
-            return Err("[runbooks] http_timeout must be more than 0".into());
+            return Err(RunbooksConfigError::ZeroHttpTimeout);
         }
         if let Some(n) = self.log_page_limit {
             if !(1..=10_000).contains(&n) {
-                return Err(format!("[runbooks] log_page_limit = {n}: must be 1 to 10000"));
+                return Err(RunbooksConfigError::LogPageLimit(n));
             }
         }
         for (key, v) in [("stack_name", &self.stack_name), ("db_instance_id", &self.db_instance_id), ("tls_server_name", &self.tls_server_name)] {
             if v.trim().is_empty() {
-                return Err(format!("[runbooks] {key} must not be empty"));
+                return Err(RunbooksConfigError::Empty(key));
             }
         }
         Ok(())
@@ -206,9 +234,9 @@ mod tests {
     fn templates_fill_placeholders_and_name_what_is_missing() {
         let v = TemplateVars { public_ip: Some("203.0.113.5"), ..Default::default() };
         assert_eq!(expand("http://{public_ip}/health", &v).unwrap(), "http://203.0.113.5/health");
-        assert_eq!(expand("{private_ip}:443", &v).unwrap_err(), "no private ip");
-        assert!(expand("{nope}", &v).unwrap_err().contains("unknown placeholder"));
-        assert!(expand("{public_ip", &v).unwrap_err().contains("unclosed"));
+        assert_eq!(expand("{private_ip}:443", &v).unwrap_err().to_string(), "no private ip");
+        assert_eq!(expand("{nope}", &v).unwrap_err().to_string(), "unknown placeholder {nope} in \"{nope}\"");
+        assert_eq!(expand("{public_ip", &v).unwrap_err().to_string(), "unclosed '{' in \"{public_ip\"");
     }
 
     #[test]
@@ -227,6 +255,8 @@ mod tests {
         assert_eq!(c.app_log_group, "/aws/ec2/techhealth");
         assert_eq!(c.http_timeout, Duration::from_secs(2));
         let bad: RunbooksConfig = toml::from_str("log_page_limit = 0\n").unwrap();
-        assert!(bad.validate().unwrap_err().contains("log_page_limit"));
+        assert_eq!(bad.validate().unwrap_err().to_string(), "[runbooks] log_page_limit = 0: must be 1 to 10000");
+        let bad: RunbooksConfig = toml::from_str("app_url = \"http://{ip}/\"\n").unwrap();
+        assert_eq!(bad.validate().unwrap_err().to_string(), "[runbooks] app_url: unknown placeholder {ip} in \"http://{ip}/\"");
     }
 }

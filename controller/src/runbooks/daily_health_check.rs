@@ -8,16 +8,16 @@ use futures::stream::{self, StreamExt};
 use serde_json::json;
 
 use super::agents;
-use super::checks::{agent_auth_check, with_unreachable_policy, instance_label, log_count_check, newest_snapshot_check, next_weekday_morning, yesterday_evening};
+use super::checks::{agent_auth_check, with_unreachable_policy, log_count_check, newest_snapshot_check, next_weekday_morning, yesterday_evening};
 use super::probe;
 use super::report::{Check, Report, Status};
+use super::targets::{Target, TargetError};
 use super::Context;
 use crate::aws::cloudformation::{self, Stack};
 use crate::aws::cloudwatch::{self, Alarm};
 use crate::aws::ec2::Instance;
 use crate::aws::logs::{self, LogQuery};
 use crate::aws::rds::{self, DbInstance};
-use crate::aws_fleet;
 
 /// HTTP probes at once.
 const PROBE_CONCURRENCY: usize = 16;
@@ -69,9 +69,9 @@ pub async fn run(ctx: &Context) -> Report {
         Err(e) => Check::aws_error(DATABASES, e),
     });
 
-    let running: Vec<Instance> = instances.as_ref().map(|v| v.iter().filter(|i| i.state == "running").cloned().collect()).unwrap_or_default();
-    let hosts = ctx.agent_hosts(instances.as_deref().unwrap_or_default());
-    let (probes, auth) = tokio::join!(probe_all(ctx, &running), async {
+    let listed = instances.as_deref().unwrap_or_default();
+    let hosts = ctx.targets().agent_hosts(listed);
+    let (probes, auth) = tokio::join!(probe_all(ctx, listed), async {
         match &ctx.dialer {
             Some(d) => Some(agents::auth_failures(d, &hosts, since, ctx.deadline).await),
             None => None,
@@ -107,56 +107,24 @@ pub async fn run(ctx: &Context) -> Report {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Probe {
     pub instance: String,
-    /// The URL probed, or why there is none.
-    pub url: Result<String, String>,
+    /// The URL probed, or why there is none or it was not probed.
+    pub url: Result<String, TargetError>,
     /// The status code, or why there was none; None when there was no URL.
     pub result: Option<Result<u16, String>>,
 }
 
-async fn probe_all(ctx: &Context, running: &[Instance]) -> Vec<Probe> {
+/// Probes the application URL of every host or running instance (`targets::app_urls`).
+async fn probe_all(ctx: &Context, instances: &[Instance]) -> Vec<Probe> {
     let timeout = ctx.runbooks.http_timeout;
-    let local_emulator = ctx.aws.local_emulator;
-    let targets: Vec<(String, Result<String, String>)> = match ctx.fleet.source {
-        crate::config::FleetSource::Static => ctx
-            .agent_hosts(&[])
-            .into_iter()
-            .map(|h| {
-                // The host's own `url`, else `[runbooks] app_url` with `{host}` (the host part
-                // of its agent address) and `{name}`.
-                let url = match &h.url {
-                    Some(u) => Ok(u.clone()),
-                    None => {
-                        let host = ops_proto::tls::host_part(&h.address).to_string();
-                        let vars = super::config::TemplateVars { host: Some(&host), name: Some(&h.name), ..Default::default() };
-                        super::config::expand(&ctx.runbooks.app_url, &vars)
-                            .map_err(|why| format!("no url in [[fleet.hosts]] and [runbooks] app_url cannot be filled: {why}"))
-                    }
-                };
-                (h.name.clone(), url)
-            })
-            .collect(),
-        crate::config::FleetSource::Ec2 => {
-            // `{host}` is the address discovery resolved for the instance's agent.
-            let hosts = ctx.agent_hosts(running);
-            running
-                .iter()
-                .map(|i| {
-                    let host = hosts.iter().find(|h| h.instance_id.as_deref() == Some(i.id.as_str()));
-                    let agent_host = host.map(|h| ops_proto::tls::host_part(&h.address)).unwrap_or_default();
-                    (instance_label(i), aws_fleet::app_url(i, &ctx.runbooks, agent_host))
-                })
-                .collect()
-        }
-    };
     // https URLs verify against the anchors the certificate probe uses.
     let roots = probe::trust_roots(ctx.runbooks.tls_ca_file.as_deref());
     let roots = &roots;
-    let mut probes = stream::iter(targets)
-        .map(|(instance, url)| async move {
-            let result = match &url {
-                // The guard and the probe see the same parsed host.
+    let mut probes = stream::iter(ctx.targets().app_urls(instances))
+        .map(|Target { label, address }| async move {
+            let result = match &address {
+                // `parse_url` is what the dial guard read the host with (`targets`): the
+                // guard and the probe see the same host.
                 Ok(u) => Some(match probe::parse_url(u) {
-                    Ok(parsed) if !crate::aws::may_contact(local_emulator, &parsed.host) => Err(crate::aws::NOT_CONTACTED.to_string()),
                     Ok(parsed) => tokio::time::timeout_at(ctx.deadline, probe::http_status(&parsed, roots, timeout))
                         .await
                         .unwrap_or(Err(probe::ProbeError::Deadline))
@@ -165,7 +133,7 @@ async fn probe_all(ctx: &Context, running: &[Instance]) -> Vec<Probe> {
                 }),
                 Err(_) => None,
             };
-            Probe { instance, url, result }
+            Probe { instance: label, url: address, result }
         })
         .buffer_unordered(PROBE_CONCURRENCY)
         .collect::<Vec<_>>()
@@ -269,15 +237,15 @@ pub fn connectivity_check(probes: &[Probe]) -> Check {
                 bad += 1;
                 details.push(format!("{}  {u}  HTTP {code}", p.instance));
             }
-            (Ok(u), Some(Err(why))) if why.as_str() == crate::aws::NOT_CONTACTED => {
-                no_url += 1;
-                details.push(format!("{}  {u}  {why}", p.instance));
-            }
             (Ok(u), Some(Err(why))) => {
                 bad += 1;
                 details.push(format!("{}  {u}  {why}", p.instance));
             }
             (Ok(u), None) => details.push(format!("{}  {u}  not probed", p.instance)),
+            (Err(TargetError::NotDialled { address, guard }), _) => {
+                no_url += 1;
+                details.push(format!("{}  {address}  {guard}", p.instance));
+            }
             (Err(why), _) => {
                 no_url += 1;
                 details.push(format!("{}  no URL: {why}", p.instance));
@@ -339,6 +307,8 @@ pub fn action_items(report: &Report, login_threshold: u64) -> Vec<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::fleet::ec2::EmulatorAddress;
+    use crate::runbooks::config::TemplateError;
 
     fn stack(status: &str) -> Stack {
         Stack { name: "S".into(), status: status.into(), reason: None, last_updated: None }
@@ -362,9 +332,15 @@ mod tests {
         assert_eq!(connectivity_check(&[p(Ok(200)), p(Ok(500))]).status, Status::Fail);
         assert_eq!(connectivity_check(&[p(Err("connection refused".into()))]).status, Status::Fail);
         assert_eq!(connectivity_check(&[]).status, Status::Skipped);
-        let no_url = Probe { instance: "web".into(), url: Err("no public ip".into()), result: None };
+        let no_ip = TargetError::Template(TemplateError::NoValue { placeholder: "public_ip".into() });
+        let no_url = Probe { instance: "web".into(), url: Err(no_ip), result: None };
         assert_eq!(connectivity_check(&[p(Ok(200)), no_url.clone()]).status, Status::Warn);
         assert_eq!(connectivity_check(&[no_url]).status, Status::Skipped, "nothing probed is not ok");
+        let refused = TargetError::NotDialled { address: "http://10.0.1.5/".into(), guard: EmulatorAddress };
+        let invented = Probe { instance: "db".into(), url: Err(refused), result: None };
+        let check = connectivity_check(&[p(Ok(200)), invented]);
+        assert_eq!(check.status, Status::Warn, "not contacted counts as no URL: {check:?}");
+        assert_eq!(check.details[1], format!("db  http://10.0.1.5/  {EmulatorAddress}"));
     }
 
     #[test]

@@ -12,18 +12,21 @@ pub mod performance_monitoring;
 pub mod probe;
 pub mod report;
 pub mod security_review;
+pub mod targets;
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::{DateTime, Local, Utc};
 
 use crate::aws::ec2::Instance;
 use crate::aws::{AwsClients, AwsError};
-use crate::aws_fleet;
 use crate::client::Dialer;
 use crate::config::{ControllerConfig, FleetConfig, FleetSource};
-use crate::fleet::{self, Host};
 use crate::output::OutputFormat;
 use config::RunbooksConfig;
 use report::{Check, Report};
+use targets::Targets;
 
 /// Everything a runbook needs, built once per run.
 #[derive(Clone)]
@@ -92,19 +95,10 @@ impl Context {
         self.bounded("EC2", "DescribeInstances", crate::aws::ec2::describe_instances(&self.aws.ec2, &self.fleet.tag_filters, &LIVE_STATES)).await
     }
 
-    /// The agents to ask: the static inventory, or the running instances among
-    /// `instances` (EC2 source), addressed as `[fleet] address` says. This is the one
-    /// place the runbooks choose their agent targets: a host that cannot or must not be
-    /// dialled stays in the list with its reason (`Host::undialable`), so that every
-    /// check that asks agents names it.
-    pub fn agent_hosts(&self, instances: &[Instance]) -> Vec<Host> {
-        match self.fleet.source {
-            FleetSource::Static => fleet::static_hosts(&self.fleet),
-            FleetSource::Ec2 => {
-                let running: Vec<Instance> = instances.iter().filter(|i| i.state == "running").cloned().collect();
-                aws_fleet::hosts_from_instances(&running, &self.fleet, &self.runbooks, self.aws.local_emulator)
-            }
-        }
+    /// Where this run looks: its agents, URLs and HTTPS endpoints are chosen there, and
+    /// only there.
+    pub fn targets(&self) -> Targets<'_> {
+        Targets { fleet: &self.fleet, runbooks: &self.runbooks, local_emulator: self.aws.local_emulator }
     }
 
     /// Why agent checks cannot run, when they cannot.
@@ -153,11 +147,20 @@ pub fn default_report_dir() -> Result<std::path::PathBuf, crate::rollout::journa
     Ok(crate::rollout::journal::state_root()?.join("reports"))
 }
 
+/// What the command line may change about one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Folder for the report files; default `default_report_dir()`.
+    pub report_dir: Option<PathBuf>,
+    /// The whole run's deadline in place of `[runbooks] deadline`.
+    pub deadline: Option<Duration>,
+}
+
 /// `controller <runbook>`: run, print (table or JSON), then write the reports, and return
 /// the exit code (0 nothing failed, 1 a check failed or was skipped, 2 could not run).
 /// The results are printed before any file is written, so a report folder that cannot be
 /// written loses nothing: the error follows the printed results and the exit code is 2.
-pub async fn cli(which: Which, cfg: &ControllerConfig, output: OutputFormat, args: &crate::cli::ReportArgs) -> Result<i32, RunbookError> {
+pub async fn cli(which: Which, cfg: &ControllerConfig, output: OutputFormat, args: &RunOptions) -> Result<i32, RunbookError> {
     let mut cfg = cfg.clone();
     if let Some(d) = args.deadline {
         cfg.runbooks.deadline = d;

@@ -220,7 +220,7 @@ pub async fn run(ctx: &Context, hours: u32) -> Report {
             Vec::new()
         }
     };
-    let hosts = ctx.agent_hosts(&instances);
+    let hosts = ctx.targets().agent_hosts(&instances);
     let live_fut = async {
         match &ctx.dialer {
             Some(d) => agents::live(d, &hosts, ctx.deadline).await,

@@ -13,10 +13,10 @@ use serde_json::{json, Value};
 
 use super::agents::{self, HostAnswer, Live};
 use super::backup_verify::MIN_RETENTION_DAYS;
-use super::checks::{agent_auth_check, instance_label, log_count_check, with_unreachable_policy};
-use super::config::{expand, TemplateVars};
+use super::checks::{agent_auth_check, log_count_check, with_unreachable_policy};
 use super::probe::{self, CertInfo};
 use super::report::{Check, Report, Status};
+use super::targets::{Target, TargetError};
 use super::Context;
 use crate::aws::cloudtrail::{self, Trail};
 use crate::aws::ec2::{self, SecurityGroup, Volume};
@@ -24,8 +24,6 @@ use crate::aws::iam::{self, CredentialRow};
 use crate::aws::logs::{self, LogQuery};
 use crate::aws::rds::{self, DbInstance};
 use crate::aws::AwsError;
-use crate::aws_fleet;
-use crate::config::FleetSource;
 
 /// The review looks back this far.
 pub const WINDOW_DAYS: i64 = 7;
@@ -75,7 +73,7 @@ pub async fn run(ctx: &Context) -> Report {
         ctx.bounded("CloudWatch Logs", "DescribeLogGroups", logs::log_group_exists(&ctx.aws.logs, &rb.cloudtrail_log_group)),
         ctx.bounded("CloudTrail", "DescribeTrails", cloudtrail::trail(&ctx.aws.cloudtrail, &rb.trail_name)),
     );
-    let hosts = ctx.agent_hosts(instances.as_deref().unwrap_or_default());
+    let hosts = ctx.targets().agent_hosts(instances.as_deref().unwrap_or_default());
     let tls_fut = tls_probes(ctx, instances.as_deref().unwrap_or_default());
     let agents_fut = async {
         match &ctx.dialer {
@@ -359,47 +357,21 @@ pub fn cloudtrail_check(group: &str, scan: &TrailScan) -> Check {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TlsProbe {
     pub host: String,
-    pub endpoint: Result<String, String>,
+    /// The endpoint probed, or why there is none or it was not probed.
+    pub endpoint: Result<String, TargetError>,
     pub cert: Option<Result<CertInfo, String>>,
 }
 
+/// Reads the certificate of every host's or running instance's HTTPS endpoint
+/// (`targets::tls_endpoints`).
 async fn tls_probes(ctx: &Context, instances: &[crate::aws::ec2::Instance]) -> Vec<TlsProbe> {
     let rb = &ctx.runbooks;
-    let targets: Vec<(String, Result<String, String>)> = match ctx.fleet.source {
-        FleetSource::Ec2 => {
-            // `{host}` is the address discovery resolved for the instance's agent.
-            let hosts = ctx.agent_hosts(instances);
-            instances
-                .iter()
-                .filter(|i| i.state == "running")
-                .map(|i| {
-                    let agent_host = hosts
-                        .iter()
-                        .find(|h| h.instance_id.as_deref() == Some(i.id.as_str()))
-                        .map(|h| ops_proto::tls::host_part(&h.address))
-                        .unwrap_or_default();
-                    (instance_label(i), aws_fleet::tls_endpoint(i, rb, agent_host))
-                })
-                .collect()
-        }
-        FleetSource::Static => ctx
-            .agent_hosts(&[])
-            .into_iter()
-            .map(|h| {
-                let host = ops_proto::tls::host_part(&h.address).to_string();
-                let ep = expand(&rb.tls_endpoint, &TemplateVars { host: Some(&host), name: Some(&h.name), ..Default::default() });
-                (h.name, ep)
-            })
-            .collect(),
-    };
     let (server_name, timeout) = (rb.tls_server_name.as_str(), rb.http_timeout);
-    let local_emulator = ctx.aws.local_emulator;
     let roots = probe::trust_roots(rb.tls_ca_file.as_deref());
     let roots = &roots;
-    stream::iter(targets)
-        .map(|(host, endpoint)| async move {
-            let cert = match &endpoint {
-                Ok(ep) if !crate::aws::may_contact(local_emulator, ops_proto::tls::host_part(ep)) => Some(Err(crate::aws::NOT_CONTACTED.to_string())),
+    stream::iter(ctx.targets().tls_endpoints(instances))
+        .map(|Target { label, address }| async move {
+            let cert = match &address {
                 Ok(ep) => Some(match roots {
                     Ok(roots) => tokio::time::timeout_at(ctx.deadline, probe::fetch_certificate(ep, server_name, roots.clone(), timeout))
                         .await
@@ -409,7 +381,7 @@ async fn tls_probes(ctx: &Context, instances: &[crate::aws::ec2::Instance]) -> V
                 }),
                 Err(_) => None,
             };
-            TlsProbe { host, endpoint, cert }
+            TlsProbe { host: label, endpoint: address, cert }
         })
         .buffered(PROBE_CONCURRENCY)
         .collect()
@@ -460,6 +432,12 @@ pub fn tls_check(probes: &[TlsProbe], now: DateTime<Utc>) -> Check {
                 details.push(format!("FAIL  {ep}  {}  unreachable: {why}", p.host));
             }
             (Ok(ep), None) => details.push(format!("skipped  {ep}  {}", p.host)),
+            (Err(TargetError::NotDialled { address, guard }), _) => {
+                // Not read, so not checked: never ok, as for an endpoint that did not answer.
+                unreachable += 1;
+                status = Status::Fail;
+                details.push(format!("FAIL  {address}  {}  unreachable: {guard}", p.host));
+            }
             (Err(why), _) => details.push(format!("skipped  {}  no HTTPS endpoint: {why}", p.host)),
         }
     }
@@ -697,6 +675,11 @@ mod tests {
         let c = tls_check(&[unreachable], now);
         assert_eq!(c.status, Status::Fail, "a certificate that could not be read was not checked");
         assert!(c.details[0].contains("unreachable: connection refused"));
+        let refused = TargetError::NotDialled { address: "10.0.1.5:443".into(), guard: crate::fleet::ec2::EmulatorAddress };
+        let invented = TlsProbe { host: "db".into(), endpoint: Err(refused), cert: None };
+        let c = tls_check(&[invented], now);
+        assert_eq!(c.status, Status::Fail, "an endpoint the guard refused was not checked");
+        assert_eq!(c.details[0], format!("FAIL  10.0.1.5:443  db  unreachable: {}", crate::fleet::ec2::EmulatorAddress));
         let cert = |trust_error: Option<&str>| CertInfo {
             subject: "CN=web".into(),
             issuer: "CN=ca".into(),

@@ -1,10 +1,16 @@
 //! The fleet: which hosts exist and how to dial their agents, from the static inventory
-//! in the config file or from EC2 tags. Discovery only lists; it never contacts agents.
+//! in the config file (`inventory`) or from EC2 tags (`ec2`). Discovery only lists; it
+//! never contacts agents. Nothing here knows the runbooks: what a runbook probes on a
+//! host (its application URL, its HTTPS endpoint) is chosen by `runbooks::targets`.
+
+pub mod ec2;
+pub mod inventory;
 
 use ops_proto::tls::AgentTarget;
 use serde::Serialize;
 
-use crate::config::{FleetConfig, FleetSource};
+use crate::aws::{AwsError, AwsSetupError};
+use crate::config::{ControllerConfig, FleetSource};
 
 /// One host of the fleet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,12 +29,15 @@ pub struct Host {
     pub private_ip: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_ip: Option<String>,
-    /// Application URL for connectivity checks.
+    /// The application URL the static inventory gives for this host (`[[fleet.hosts]]
+    /// url`). EC2 hosts have none here: the runbooks derive theirs from tags and
+    /// templates (`runbooks::targets`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Why this host must not or cannot be dialled (no address of the configured kind, or
-    /// an address invented by a local AWS emulator). Such a host is still listed, so that
-    /// the runbooks name it instead of dropping it.
+    /// an address invented by a local AWS emulator: `ec2::AddressError`,
+    /// `ec2::EmulatorAddress`), as the sentence reports show. Such a host is still listed,
+    /// so that the runbooks name it instead of dropping it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub undialable: Option<String>,
 }
@@ -37,27 +46,6 @@ impl Host {
     pub fn target(&self) -> AgentTarget {
         AgentTarget { address: self.address.clone(), server_name: self.server_name.clone() }
     }
-}
-
-/// The hosts of the static inventory, in file order.
-pub fn static_hosts(cfg: &FleetConfig) -> Vec<Host> {
-    cfg.hosts
-        .iter()
-        .map(|h| {
-            let target = AgentTarget::new(h.address.clone(), h.server_name.clone());
-            Host {
-                name: h.name.clone(),
-                address: target.address,
-                server_name: target.server_name,
-                instance_id: None,
-                instance_type: None,
-                private_ip: None,
-                public_ip: None,
-                url: h.url.clone(),
-                undialable: None,
-            }
-        })
-        .collect()
 }
 
 /// Picks one host by name (or instance id) from a fleet.
@@ -71,19 +59,23 @@ pub fn find<'a>(hosts: &'a [Host], name: &str) -> Result<&'a Host, FleetError> {
         })
 }
 
-/// Fleet discovery failed.
+/// Fleet discovery failed, or a host asked for is not in the fleet.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
     #[error("no host named {name:?} in the fleet (known: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
     UnknownHost { name: String, known: Vec<String> },
+    /// The AWS clients could not be built.
     #[error("fleet discovery from EC2 failed: {0}")]
-    Ec2(String),
+    AwsSetup(#[from] AwsSetupError),
+    /// EC2 DescribeInstances failed.
+    #[error("fleet discovery from EC2 failed: {0}")]
+    Ec2(#[from] AwsError),
 }
 
 /// Lists the fleet from the configured source.
-pub async fn discover(cfg: &crate::config::ControllerConfig) -> Result<Vec<Host>, FleetError> {
+pub async fn discover(cfg: &ControllerConfig) -> Result<Vec<Host>, FleetError> {
     match cfg.fleet.source {
-        FleetSource::Static => Ok(static_hosts(&cfg.fleet)),
-        FleetSource::Ec2 => crate::aws_fleet::discover(cfg).await,
+        FleetSource::Static => Ok(inventory::static_hosts(&cfg.fleet)),
+        FleetSource::Ec2 => ec2::discover(cfg).await,
     }
 }

@@ -2,31 +2,32 @@
 //! tag become hosts, dialled at their private IP, public IP or the host:port held in a
 //! tag (`address = "tag:<Key>"`, which also lets tests point instances at loopback
 //! agents). Discovery only lists; it never contacts an agent.
+//!
+//! Here too is the one guard that keeps the addresses a local AWS emulator invents from
+//! being dialled (`may_dial`): the agent hosts listed here and every target the runbooks
+//! choose (`runbooks::targets`) pass through it, and nothing else decides that.
 
 use std::collections::BTreeMap;
 
 use ops_proto::tls::AgentTarget;
 
+use super::{FleetError, Host};
 use crate::aws::ec2::{self, Instance};
 use crate::aws::AwsClients;
 use crate::config::{ControllerConfig, FleetConfig};
-use crate::fleet::{FleetError, Host};
-use crate::runbooks::config::{expand, RunbooksConfig, TemplateVars};
 
 /// Lists running instances matching `[fleet] tag_filters` as hosts. Instances that
-/// cannot be dialled (no address of the configured kind) are left out with a warning.
+/// cannot or must not be dialled are left out with a warning.
 pub async fn discover(cfg: &ControllerConfig) -> Result<Vec<Host>, FleetError> {
-    let clients = AwsClients::load(&cfg.aws).await.map_err(|e| FleetError::Ec2(e.to_string()))?;
+    let clients = AwsClients::load(&cfg.aws).await?;
     discover_with(&clients, cfg).await
 }
 
 /// `discover` with clients already built (tests build theirs).
 pub async fn discover_with(clients: &AwsClients, cfg: &ControllerConfig) -> Result<Vec<Host>, FleetError> {
-    let instances = ec2::describe_instances(&clients.ec2, &cfg.fleet.tag_filters, &["running"])
-        .await
-        .map_err(|e| FleetError::Ec2(e.to_string()))?;
+    let instances = ec2::describe_instances(&clients.ec2, &cfg.fleet.tag_filters, &["running"]).await?;
     let (hosts, left_out): (Vec<Host>, Vec<Host>) =
-        hosts_from_instances(&instances, &cfg.fleet, &cfg.runbooks, clients.local_emulator).into_iter().partition(|h| h.undialable.is_none());
+        hosts_from_instances(&instances, &cfg.fleet, clients.local_emulator).into_iter().partition(|h| h.undialable.is_none());
     for h in left_out {
         tracing::warn!(instance = %h.instance_id.as_deref().unwrap_or(&h.name), "left out of the fleet: {}", h.undialable.unwrap_or_default());
     }
@@ -34,11 +35,10 @@ pub async fn discover_with(clients: &AwsClients, cfg: &ControllerConfig) -> Resu
 }
 
 /// One host per instance. Those that cannot be dialled (no address of the configured
-/// kind) or must not be (an address a local AWS emulator invented: this is the one place
-/// that guard is applied to agents) carry the reason in `undialable`. Names are the Name
+/// kind) or must not be (`may_dial`) carry the reason in `undialable`. Names are the Name
 /// tag (or the instance id); a Name shared by several instances gets the instance id
 /// appended so that every host name is unique. Pure.
-pub fn hosts_from_instances(instances: &[Instance], fleet: &FleetConfig, runbooks: &RunbooksConfig, local_emulator: bool) -> Vec<Host> {
+pub fn hosts_from_instances(instances: &[Instance], fleet: &FleetConfig, local_emulator: bool) -> Vec<Host> {
     let mut name_count: BTreeMap<&str, usize> = BTreeMap::new();
     for i in instances {
         *name_count.entry(i.name.as_deref().unwrap_or(&i.id)).or_default() += 1;
@@ -50,39 +50,51 @@ pub fn hosts_from_instances(instances: &[Instance], fleet: &FleetConfig, runbook
         let (address, server_name, undialable) = match agent_address(i, fleet) {
             Ok(address) => {
                 let target = AgentTarget::new(address, None);
-                let refused = !crate::aws::may_contact(local_emulator, ops_proto::tls::host_part(&target.address));
-                (target.address, target.server_name, refused.then(|| crate::aws::NOT_CONTACTED.to_string()))
+                let refused = may_dial(local_emulator, ops_proto::tls::host_part(&target.address)).err().map(|e| e.to_string());
+                (target.address, target.server_name, refused)
             }
             Err(why) => (String::new(), String::new(), Some(format!("cannot be dialled: {why}"))),
         };
         hosts.push(Host {
             name,
-            url: app_url(i, runbooks, ops_proto::tls::host_part(&address)).ok(),
             address,
             server_name,
             instance_id: Some(i.id.clone()),
             instance_type: i.instance_type.clone(),
             private_ip: i.private_ip.clone(),
             public_ip: i.public_ip.clone(),
+            url: None,
             undialable,
         });
     }
     hosts
 }
 
+/// An instance has no address of the kind `[fleet] address` names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("no private IP address")]
+    NoPrivateIp,
+    #[error("no public IP address")]
+    NoPublicIp,
+    /// `address = "tag:<Key>"` and the instance lacks that tag.
+    #[error("no tag {key:?}")]
+    NoTag { key: String },
+}
+
 /// host:port of the instance's agent as `[fleet] address` says. Pure.
-pub fn agent_address(i: &Instance, fleet: &FleetConfig) -> Result<String, String> {
-    let ip_port = |ip: &Option<String>, what: &str| {
+pub fn agent_address(i: &Instance, fleet: &FleetConfig) -> Result<String, AddressError> {
+    let ip_port = |ip: &Option<String>, missing: AddressError| {
         ip.as_deref()
             .map(|ip| if ip.contains(':') { format!("[{ip}]:{}", fleet.agent_port) } else { format!("{ip}:{}", fleet.agent_port) })
-            .ok_or_else(|| format!("no {what} IP address"))
+            .ok_or(missing)
     };
     match fleet.address.as_str() {
-        "private-ip" => ip_port(&i.private_ip, "private"),
-        "public-ip" => ip_port(&i.public_ip, "public"),
+        "private-ip" => ip_port(&i.private_ip, AddressError::NoPrivateIp),
+        "public-ip" => ip_port(&i.public_ip, AddressError::NoPublicIp),
         mode => {
             let key = mode.strip_prefix("tag:").unwrap_or(mode);
-            let value = i.tags.get(key).ok_or_else(|| format!("no tag {key:?}"))?;
+            let value = i.tags.get(key).ok_or_else(|| AddressError::NoTag { key: key.to_string() })?;
             if value.contains(':') {
                 Ok(value.clone())
             } else {
@@ -92,32 +104,23 @@ pub fn agent_address(i: &Instance, fleet: &FleetConfig) -> Result<String, String
     }
 }
 
-/// The application URL of an instance: its `app_url_tag` tag, else the `app_url`
-/// template. Err says what the template lacks (e.g. "no public ip"). Pure.
-pub fn app_url(i: &Instance, runbooks: &RunbooksConfig, agent_host: &str) -> Result<String, String> {
-    if let Some(url) = i.tags.get(&runbooks.app_url_tag) {
-        return Ok(url.clone());
-    }
-    expand(&runbooks.app_url, &vars(i, agent_host))
-}
+/// Why an address was not dialled: the AWS endpoint is a local emulator, which invents
+/// the addresses it reports for instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not contacted: the AWS endpoint is a local emulator, whose instance addresses are not real hosts (only loopback targets are contacted; point instances at loopback with tags)")]
+pub struct EmulatorAddress;
 
-/// host:port of an instance's HTTPS endpoint: its `tls_endpoint_tag` tag, else the
-/// `tls_endpoint` template. Pure.
-pub fn tls_endpoint(i: &Instance, runbooks: &RunbooksConfig, agent_host: &str) -> Result<String, String> {
-    if let Some(ep) = i.tags.get(&runbooks.tls_endpoint_tag) {
-        return Ok(ep.clone());
-    }
-    expand(&runbooks.tls_endpoint, &vars(i, agent_host))
-}
-
-/// The template values of an instance; `{host}` is the host part of its agent address.
-fn vars<'a>(i: &'a Instance, agent_host: &'a str) -> TemplateVars<'a> {
-    TemplateVars {
-        public_ip: i.public_ip.as_deref(),
-        private_ip: i.private_ip.as_deref(),
-        instance_id: Some(&i.id),
-        name: i.name.as_deref(),
-        host: Some(agent_host).filter(|h| !h.is_empty()),
+/// The guard: whether `host` may be dialled. Always against real AWS; against a local
+/// emulator only on loopback, because the emulator's instance addresses are invented and
+/// may belong to anyone on the internet or the local network. `host` must be the host as
+/// the dialler itself will read it (`host_part` of the host:port a socket connects to,
+/// `runbooks::probe::parse_url` of a URL), never a second parse, so that the guard and
+/// the dial cannot disagree. Every agent and probe target passes through here. Pure.
+pub fn may_dial(local_emulator: bool, host: &str) -> Result<(), EmulatorAddress> {
+    if !local_emulator || crate::aws::is_loopback_host(host) {
+        Ok(())
+    } else {
+        Err(EmulatorAddress)
     }
 }
 
@@ -148,18 +151,17 @@ mod tests {
     #[test]
     fn hosts_are_dialled_at_the_configured_address_kind() {
         let mut fleet = FleetConfig::default();
-        let rb = RunbooksConfig::default();
         let i = instance("i-1", Some("web-1"), &[("Agent", "127.0.0.1:9443")]);
         assert_eq!(agent_address(&i, &fleet).unwrap(), "10.0.1.5:7443");
         fleet.address = "public-ip".into();
-        assert_eq!(agent_address(&i, &fleet).unwrap_err(), "no public IP address");
+        assert_eq!(agent_address(&i, &fleet).unwrap_err().to_string(), "no public IP address");
         fleet.address = "tag:Agent".into();
-        let hosts = hosts_from_instances(std::slice::from_ref(&i), &fleet, &rb, false);
+        let hosts = hosts_from_instances(std::slice::from_ref(&i), &fleet, false);
         assert_eq!(hosts[0].undialable, None);
         assert_eq!(hosts[0].address, "127.0.0.1:9443");
         assert_eq!(hosts[0].server_name, "127.0.0.1");
         assert_eq!(hosts[0].instance_id.as_deref(), Some("i-1"));
-        assert_eq!(hosts[0].url, None, "no public IP and no AppUrl tag: no URL");
+        assert_eq!(hosts[0].url, None, "discovery knows no runbook URL templates");
     }
 
     #[test]
@@ -168,22 +170,23 @@ mod tests {
         let a = instance("i-a", Some("web"), &[("Agent", "127.0.0.1:1")]);
         let b = instance("i-b", Some("web"), &[("Agent", "127.0.0.1:2")]);
         let c = instance("i-c", None, &[]);
-        let hosts = hosts_from_instances(&[a, b, c], &fleet, &RunbooksConfig::default(), false);
+        let hosts = hosts_from_instances(&[a, b, c], &fleet, false);
         assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["web/i-a", "web/i-b", "i-c"]);
         assert_eq!(hosts[2].undialable.as_deref(), Some("cannot be dialled: no tag \"Agent\""));
         let invented = instance("i-d", Some("db"), &[("Agent", "10.0.1.5:7443")]);
-        let hosts = hosts_from_instances(&[invented], &fleet, &RunbooksConfig::default(), true);
-        assert_eq!(hosts[0].undialable.as_deref(), Some(crate::aws::NOT_CONTACTED), "an emulator's address is never dialled");
+        let hosts = hosts_from_instances(&[invented], &fleet, true);
+        assert_eq!(hosts[0].undialable, Some(EmulatorAddress.to_string()), "an emulator's address is never dialled");
+        assert!(EmulatorAddress.to_string().starts_with("not contacted: the AWS endpoint is a local emulator"));
     }
 
     #[test]
-    fn the_url_tag_wins_over_the_template() {
-        let rb = RunbooksConfig::default();
-        let mut i = instance("i-1", None, &[("AppUrl", "http://127.0.0.1:8080/")]);
-        assert_eq!(app_url(&i, &rb, "").unwrap(), "http://127.0.0.1:8080/");
-        i.tags.clear();
-        i.public_ip = Some("203.0.113.9".into());
-        assert_eq!(app_url(&i, &rb, "").unwrap(), "http://203.0.113.9/");
-        assert_eq!(tls_endpoint(&i, &rb, "").unwrap(), "203.0.113.9:443");
+    fn only_loopback_hosts_may_be_dialled_when_aws_is_a_local_emulator() {
+        for ok in ["127.0.0.2", "localhost", "::1", "[::1]"] {
+            assert_eq!(may_dial(true, ok), Ok(()), "{ok}");
+        }
+        for refused in ["54.214.77.14", "10.0.1.5", "2001:db8::1", "127.0.0.1.example.com", ""] {
+            assert_eq!(may_dial(true, refused), Err(EmulatorAddress), "{refused}");
+        }
+        assert_eq!(may_dial(false, "10.0.1.5"), Ok(()), "real AWS: every address is real");
     }
 }
