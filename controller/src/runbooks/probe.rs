@@ -11,7 +11,7 @@
 //! verified, and no application data is ever sent on that connection. The HTTP probe, by
 //! contrast, verifies as curl does and fails on a certificate that does not verify.
 //! Neither probe decides whether a host may be contacted: the callers do (see
-//! `crate::aws::may_contact`), before calling.
+//! `crate::fleet::ec2::may_dial`, applied in `runbooks::targets`), before calling.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
