@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use ops_proto::tls::AgentTarget;
 
-use super::{FleetError, Host};
+use super::{FleetError, Host, Undialable};
 use crate::aws::ec2::{self, Instance};
 use crate::aws::AwsClients;
 use crate::config::{ControllerConfig, FleetConfig};
@@ -29,7 +29,7 @@ pub async fn discover_with(clients: &AwsClients, cfg: &ControllerConfig) -> Resu
     let (hosts, left_out): (Vec<Host>, Vec<Host>) =
         hosts_from_instances(&instances, &cfg.fleet, clients.local_emulator).into_iter().partition(|h| h.undialable.is_none());
     for h in left_out {
-        tracing::warn!(instance = %h.instance_id.as_deref().unwrap_or(&h.name), "left out of the fleet: {}", h.undialable.unwrap_or_default());
+        tracing::warn!(instance = %h.instance_id.as_deref().unwrap_or(&h.name), "left out of the fleet: {}", h.undialable.map(|u| u.to_string()).unwrap_or_default());
     }
     Ok(hosts)
 }
@@ -50,10 +50,10 @@ pub fn hosts_from_instances(instances: &[Instance], fleet: &FleetConfig, local_e
         let (address, server_name, undialable) = match agent_address(i, fleet) {
             Ok(address) => {
                 let target = AgentTarget::new(address, None);
-                let refused = may_dial(local_emulator, ops_proto::tls::host_part(&target.address)).err().map(|e| e.to_string());
+                let refused = may_dial(local_emulator, ops_proto::tls::host_part(&target.address)).err().map(Undialable::from);
                 (target.address, target.server_name, refused)
             }
-            Err(why) => (String::new(), String::new(), Some(format!("cannot be dialled: {why}"))),
+            Err(why) => (String::new(), String::new(), Some(Undialable::from(why))),
         };
         hosts.push(Host {
             name,
@@ -172,10 +172,10 @@ mod tests {
         let c = instance("i-c", None, &[]);
         let hosts = hosts_from_instances(&[a, b, c], &fleet, false);
         assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["web/i-a", "web/i-b", "i-c"]);
-        assert_eq!(hosts[2].undialable.as_deref(), Some("cannot be dialled: no tag \"Agent\""));
+        assert_eq!(hosts[2].undialable.as_ref().map(ToString::to_string).as_deref(), Some("cannot be dialled: no tag \"Agent\""));
         let invented = instance("i-d", Some("db"), &[("Agent", "10.0.1.5:7443")]);
         let hosts = hosts_from_instances(&[invented], &fleet, true);
-        assert_eq!(hosts[0].undialable, Some(EmulatorAddress.to_string()), "an emulator's address is never dialled");
+        assert_eq!(hosts[0].undialable, Some(Undialable::Emulator(EmulatorAddress)), "an emulator's address is never dialled");
         assert!(EmulatorAddress.to_string().starts_with("not contacted: the AWS endpoint is a local emulator"));
     }
 

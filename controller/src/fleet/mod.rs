@@ -39,7 +39,25 @@ pub struct Host {
     /// `ec2::EmulatorAddress`), as the sentence reports show. Such a host is still listed,
     /// so that the runbooks name it instead of dropping it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub undialable: Option<String>,
+    pub undialable: Option<Undialable>,
+}
+
+/// Why a host of the fleet must not or cannot be dialled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Undialable {
+    #[error("cannot be dialled: {0}")]
+    NoAddress(#[from] ec2::AddressError),
+    #[error("{0}")]
+    Emulator(#[from] ec2::EmulatorAddress),
+    /// A resumed run's host that discovery no longer finds.
+    #[error("no longer in the fleet")]
+    LeftFleet,
+}
+
+impl Serialize for Undialable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
 }
 
 impl Host {

@@ -328,7 +328,7 @@ fn select_hosts(discovered: &[Host], wanted: &[String], resumed: &[String]) -> a
                     private_ip: None,
                     public_ip: None,
                     url: None,
-                    undialable: Some("no longer in the fleet".into()),
+                    undialable: Some(fleet::Undialable::LeftFleet),
                 },
             })
             .collect());
@@ -680,10 +680,11 @@ impl Run {
         };
         let steps: Vec<steps::HostStep> = host_steps(&self.m, &name, self.params.dry_run).into_iter().filter(|s| s.phase == phase).collect();
         if let Some(why) = &host.undialable {
+            let why = why.to_string();
             for s in &steps {
-                self.rec.not_run(&s.name, Some(&name), why);
+                self.rec.not_run(&s.name, Some(&name), &why);
             }
-            return (HostState::Unreachable, why.clone());
+            return (HostState::Unreachable, why);
         }
         let deadline = Instant::now() + host_timeout;
         let log_path = self.run_dir.join(format!("{name}.log"));

@@ -115,7 +115,7 @@ where
             async move {
                 let answer = async {
                     if let Some(why) = &h.undialable {
-                        return Err(why.clone());
+                        return Err(why.to_string());
                     }
                     let c = d.connect(h).await.map_err(|e| e.to_string())?;
                     ask(c).await.map_err(|s| call_error(&s).to_string())
