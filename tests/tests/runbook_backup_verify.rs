@@ -84,3 +84,39 @@ async fn an_old_snapshot_short_retention_and_no_ebs_snapshots_are_reported() {
     .await
     .expect("test timed out");
 }
+
+/// Two automated snapshots of the same database made at different times (the instance
+/// deleted with its automated backups kept, then made again later on moto's moved clock),
+/// in both orders: the check judges the newest, wherever it is in the list.
+#[tokio::test]
+async fn the_newest_of_two_automated_snapshots_is_judged_whichever_was_made_first() {
+    tokio::time::timeout(LIMIT, async {
+        for (first, second) in [("-3d", "+0"), ("+0", "-3d")] {
+            let (moto, clock) = Moto::start_with_clock(first);
+            let aws = moto.clients().await;
+            seed::database(&aws, "techhealth-database", 7, true, false).await;
+            aws.rds
+                .delete_db_instance()
+                .db_instance_identifier("techhealth-database")
+                .skip_final_snapshot(true)
+                .delete_automated_backups(false)
+                .send()
+                .await
+                .unwrap();
+            clock.set(second);
+            seed::database(&aws, "techhealth-database", 7, true, false).await;
+            let snaps = controller::aws::rds::describe_db_snapshots(&aws.rds, "techhealth-database", "automated").await.unwrap();
+            assert_eq!(snaps.len(), 2, "{snaps:?}");
+            let ages: Vec<i64> = snaps.iter().map(|s| (chrono::Utc::now() - s.created.unwrap()).num_hours()).collect();
+            assert!(ages.iter().any(|h| *h < 1) && ages.iter().any(|h| *h >= 70), "one fresh, one three days old: {ages:?}");
+            let fresh = snaps.iter().find(|s| (chrono::Utc::now() - s.created.unwrap()).num_hours() < 1).unwrap().id.clone();
+
+            let report = runbooks::run(Which::BackupVerify, &seed::context(aws, "", None)).await;
+            let newest = report.check(backup::NEWEST).unwrap();
+            assert_eq!(newest.status, Status::Ok, "made {first} then {second}: {}", report.render_text());
+            assert!(newest.summary.contains(&fresh), "names the newest, {fresh}: {}", newest.summary);
+        }
+    })
+    .await
+    .expect("test timed out");
+}

@@ -3,6 +3,9 @@
 //! fresh server per test so that no state leaks between tests, killed when dropped.
 //! `start_in_the_past` runs it under `faketime` so that what it creates (an automated
 //! RDS snapshot, say) carries an old timestamp: moto has no API to backdate them.
+//! `start_with_clock` does the same with a clock the test moves while moto runs
+//! (libfaketime reading its offset from a file), so one server can hold things made at
+//! different times.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -54,7 +57,30 @@ impl Moto {
         Moto::launch(Some(offset))
     }
 
+    /// A fresh moto whose clock the returned `MotoClock` sets (offsets in faketime
+    /// syntax: "-3d", "+0"); it starts at `offset`.
+    pub fn start_with_clock(offset: &str) -> (Moto, MotoClock) {
+        let lib = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .expect("libfaketime is missing: run scripts/setup (Debian package faketime)");
+        let clock_dir = tempfile::tempdir().expect("tempdir");
+        let clock = MotoClock { file: clock_dir.path().join("faketime"), _dir: clock_dir };
+        clock.set(offset);
+        let moto = Moto::launch_with(None, &[
+            ("LD_PRELOAD", lib.display().to_string()),
+            ("FAKETIME_TIMESTAMP_FILE", clock.file.display().to_string()),
+            ("FAKETIME_NO_CACHE", "1".to_string()),
+        ]);
+        (moto, clock)
+    }
+
     fn launch(faketime: Option<&str>) -> Moto {
+        Moto::launch_with(faketime, &[])
+    }
+
+    fn launch_with(faketime: Option<&str>, env: &[(&str, String)]) -> Moto {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("moto.log");
         let port = free_port();
@@ -72,6 +98,7 @@ impl Moto {
         // take down the whole group, not just the process it started.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -141,6 +168,19 @@ impl Moto {
             ("AWS_CONFIG_FILE", "/dev/null".into()),
             ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
         ]
+    }
+}
+
+/// The clock of a moto from `Moto::start_with_clock`.
+pub struct MotoClock {
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl MotoClock {
+    /// Moves moto's clock to `offset` from the real time (read on moto's next clock call).
+    pub fn set(&self, offset: &str) {
+        std::fs::write(&self.file, format!("{offset}\n")).expect("write the faketime file");
     }
 }
 
