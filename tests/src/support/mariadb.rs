@@ -29,6 +29,12 @@ impl MariaDb {
     /// Initialises a data directory and starts a server on a free loopback port.
     /// Root may log in over TCP without a password (it is a throwaway on loopback).
     pub fn start() -> MariaDb {
+        MariaDb::start_with(&[])
+    }
+
+    /// `start` with extra server options (`--innodb-autoinc-lock-mode=2`, say), given after
+    /// the launcher's own so that they win.
+    pub fn start_with(extra: &[&str]) -> MariaDb {
         let install = find(&["mariadb-install-db", "mysql_install_db"]).expect("mariadb-install-db not found: run scripts/setup");
         let server = find(&["mariadbd", "mysqld"]).expect("mariadbd not found: run scripts/setup");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -62,6 +68,7 @@ impl MariaDb {
             .arg("--user=root")
             .arg("--innodb-buffer-pool-size=16M")
             .arg("--skip-log-bin")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
