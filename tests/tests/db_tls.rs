@@ -93,7 +93,7 @@ async fn a_server_certificate_for_another_name_is_refused() {
         let pki = TestPki::new();
         // Signed by the right CA, but for db-1.internal only: not for 127.0.0.1.
         let cert = pki.server_cert("db-1", &[], &["db-1.internal"]);
-        let db = server(Options { tls: Some(ServerTls { ca: pki.ca_file.clone(), cert }), require_secure_transport: false }).await;
+        let db = server(Options { tls: Some(ServerTls { ca: pki.ca_file.clone(), cert }), ..Options::default() }).await;
         let err = db::connect(&endpoint(&db, "127.0.0.1", Some(pki.ca_file.clone())), &creds()).await.unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, DbError::Certificate { .. }), "{msg}");

@@ -7,6 +7,8 @@
 //! - Batches by primary key; each batch is locked, copied and deleted in one transaction
 //!   (READ COMMITTED, so no gap locks stall a concurrent writer's inserts), and committed
 //!   only when the copied and the deleted counts agree with the rows locked.
+//! - Batches never reach past the newest key that was old when the run started, so the
+//!   move never scans or locks the young end of the table, where the application inserts.
 //! - Safe to run again after a crash at any point: a batch is all or nothing, and the next
 //!   run simply finds the rows still older than the cutoff.
 //! - Verified at the end: nothing older than the cutoff left, no key in both tables, and
@@ -130,8 +132,20 @@ pub async fn run(
 ) -> Result<(u64, u64), DbError> {
     let pk = Ident::new("primary key column", &start.primary_key)?;
     let (live, archive, t) = (&spec.live, &spec.archive, &spec.time_column);
-    let select_first = format!("SELECT {pk} FROM {live} WHERE {t} < ? ORDER BY {pk} LIMIT ? FOR UPDATE");
-    let select_next = format!("SELECT {pk} FROM {live} WHERE {pk} > ? AND {t} < ? ORDER BY {pk} LIMIT ? FOR UPDATE");
+    // Without this bound the last batches' `FOR UPDATE` scan walked every row younger than
+    // the newest old one (a quarter of a million in the benchmark, 0.5 to 1.2 s), locking
+    // and releasing each up to the page the application was inserting into. A plain read,
+    // no lock: rows written from now on are younger than the cutoff (it lies in the past),
+    // and one written with an older time anyway is left live, which `verify` reports.
+    let newest = format!("SELECT MAX({pk}) FROM {live} WHERE {t} < ?");
+    let newest: Option<Value> =
+        conn.exec_first(newest.as_str(), (spec.cutoff.as_str(),)).await.map_err(DbError::query(newest.clone()))?;
+    let Some(newest) = newest.filter(|v| *v != Value::NULL) else {
+        return Ok((0, 0));
+    };
+    let select_first = format!("SELECT {pk} FROM {live} WHERE {pk} <= ? AND {t} < ? ORDER BY {pk} LIMIT ? FOR UPDATE");
+    let select_next =
+        format!("SELECT {pk} FROM {live} WHERE {pk} > ? AND {pk} <= ? AND {t} < ? ORDER BY {pk} LIMIT ? FOR UPDATE");
     let copy = format!("INSERT INTO {archive} SELECT * FROM {live} WHERE {pk} >= ? AND {pk} <= ? AND {t} < ?");
     let delete = format!("DELETE FROM {live} WHERE {pk} >= ? AND {pk} <= ? AND {t} < ?");
     let mut last: Option<Value> = None;
@@ -141,8 +155,8 @@ pub async fn run(
         opts.with_isolation_level(IsolationLevel::ReadCommitted);
         let mut tx = conn.start_transaction(opts).await.map_err(DbError::query("start a batch transaction"))?;
         let keys: Vec<Value> = match &last {
-            None => tx.exec(select_first.as_str(), (spec.cutoff.as_str(), spec.batch)).await,
-            Some(after) => tx.exec(select_next.as_str(), (after.clone(), spec.cutoff.as_str(), spec.batch)).await,
+            None => tx.exec(select_first.as_str(), (newest.clone(), spec.cutoff.as_str(), spec.batch)).await,
+            Some(after) => tx.exec(select_next.as_str(), (after.clone(), newest.clone(), spec.cutoff.as_str(), spec.batch)).await,
         }
         .map_err(DbError::query(format!("select a batch of {live}")))?;
         let (Some(lo), Some(hi)) = (keys.first().cloned(), keys.last().cloned()) else {

@@ -43,6 +43,9 @@ pub struct Options {
     /// `--require-secure-transport`: refuse every TCP client that is not on TLS (the Unix
     /// socket still counts as secure, so [`MariaDb::socket_url`] keeps working).
     pub require_secure_transport: bool,
+    /// More server options (`--innodb-autoinc-lock-mode=2`, say), given after the
+    /// launcher's own so that they win.
+    pub extra: Vec<String>,
 }
 
 impl Options {
@@ -50,7 +53,7 @@ impl Options {
     /// what a client on this machine connects to.
     pub fn tls(pki: &TestPki) -> Options {
         let cert = pki.server_cert("mariadb", &[std::net::Ipv4Addr::LOCALHOST.into()], &["localhost"]);
-        Options { tls: Some(ServerTls { ca: pki.ca_file.clone(), cert }), require_secure_transport: false }
+        Options { tls: Some(ServerTls { ca: pki.ca_file.clone(), cert }), ..Options::default() }
     }
 
     /// Refuses plaintext TCP clients.
@@ -118,6 +121,7 @@ impl MariaDb {
             .arg("--innodb-buffer-pool-size=16M")
             .arg("--skip-log-bin")
             .args(&tls_args)
+            .args(&options.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
