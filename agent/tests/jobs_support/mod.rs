@@ -130,6 +130,12 @@ pub fn code(e: agent::jobs::JobError) -> tonic::Code {
     tonic::Status::from(e).code()
 }
 
+/// The refusal of a restart of a unit the agent's allow-list does not name.
+pub fn assert_unit_not_allowed(err: agent::jobs::JobError) {
+    assert!(err.to_string().contains("not in this agent's [services] allowed list"), "{err}");
+    assert_eq!(code(err), tonic::Code::InvalidArgument);
+}
+
 /// Follows a job's output from `from` to its end: (output, final record).
 pub async fn follow(mgr: &JobManager, id: &str, from: u64) -> (Vec<u8>, Job) {
     let mut stream = mgr.watch(id, from).unwrap();
