@@ -7,8 +7,6 @@
 //! The credentials come from Secrets Manager and stay in memory (`db::Credentials`); the
 //! endpoint is the secret's, or RDS's when the secret names none.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -187,16 +185,8 @@ pub async fn run(
         return;
     };
     rec.step(ARCHIVE, async {
-        // The archive table exists already when a resumed run reuses the journalled start.
-        if let Err(e) = archive::prepare(c, &spec).await {
-            return err_step(e);
-        }
-        let batches_seen = AtomicU32::new(0);
-        let moved = archive::run(c, &spec, &start, |_| {
-            batches_seen.fetch_add(1, Ordering::Relaxed);
-            !*cancel.borrow()
-        })
-        .await;
+        // The archive table exists: `prepare` made it before its start was journalled.
+        let moved = archive::run(c, &spec, &start, |_| !*cancel.borrow()).await;
         let (moved, batches) = match moved {
             Ok(m) => m,
             Err(e) => return err_step(e),

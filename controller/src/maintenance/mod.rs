@@ -49,7 +49,7 @@ use crate::runbooks::{self, Which};
 use config::MaintenanceConfig;
 use database::Cutoffs;
 use recorder::Recorder;
-use steps::{host_steps, Phase};
+use steps::{host_steps, phase_steps, Phase};
 
 pub const COMMAND: &str = "weekly-maintenance";
 
@@ -99,12 +99,27 @@ struct Params {
     settle_secs: u64,
 }
 
+impl Params {
+    /// The limits recorded when the run started.
+    fn policy(&self) -> anyhow::Result<Policy> {
+        let limit = |what: &str, v: &str| v.parse::<Limit>().map_err(|e| anyhow!("the run's recorded {what}: {e}"));
+        Ok(Policy {
+            max_concurrency: limit("max_concurrency", &self.max_concurrency)?,
+            max_errors: limit("max_errors", &self.max_errors)?,
+            canary: self.canary,
+            host_timeout: Duration::from_secs(self.host_timeout_secs),
+        })
+    }
+}
+
 /// One run, set up.
 struct Run {
     id: String,
     cfg: ControllerConfig,
     m: MaintenanceConfig,
     params: Params,
+    /// The run's limits, read once from `params`.
+    policy: Policy,
     ctx: runbooks::Context,
     dialer: Dialer,
     hosts: Vec<Host>,
@@ -167,6 +182,7 @@ pub async fn cli(cfg: &ControllerConfig, output: OutputFormat, opts: Options) ->
             (journal::new_run_id(now), params, None::<Journal>, None, Vec::new())
         }
     };
+    let policy = params.policy()?;
     if opts.resume.is_some() && opts.dry_run != params.dry_run {
         bail!("run {id} was {}a dry run; resume it without changing --dry-run", if params.dry_run { "" } else { "not " });
     }
@@ -257,6 +273,7 @@ pub async fn cli(cfg: &ControllerConfig, output: OutputFormat, opts: Options) ->
         id: id.clone(),
         cfg: cfg.clone(),
         m,
+        policy,
         params,
         ctx,
         dialer,
@@ -344,7 +361,7 @@ fn planned_steps(m: &MaintenanceConfig, hosts: &[Host], dry_run: bool) -> Vec<(S
     let mut v: Vec<(String, Option<String>)> = vec![(steps::EBS_SNAPSHOTS.into(), None), (steps::RDS_SNAPSHOT.into(), None)];
     let host_part = |phase: Phase, v: &mut Vec<(String, Option<String>)>| {
         for h in hosts {
-            for s in host_steps(m, &h.name, dry_run).into_iter().filter(|s| s.phase == phase) {
+            for s in phase_steps(m, &h.name, dry_run, phase) {
                 v.push((s.name, Some(h.name.clone())));
             }
         }
@@ -419,6 +436,15 @@ fn aws_detail(e: &crate::aws::AwsError) -> (StepState, String, Value) {
 }
 
 impl Run {
+    /// The runbook context with its clock and deadline starting now: a run lasts far
+    /// longer than one runbook's deadline (and may have waited for confirmation).
+    fn fresh_ctx(&self) -> runbooks::Context {
+        let mut ctx = self.ctx.clone();
+        ctx.now = Utc::now();
+        ctx.deadline = tokio::time::Instant::now() + self.cfg.runbooks.deadline;
+        ctx
+    }
+
     fn stopped_by_operator(&self) -> bool {
         *self.stop.borrow() > 0
     }
@@ -472,7 +498,7 @@ impl Run {
             .collect();
         if let Some(why) = stopped.clone().or_else(|| self.halt()) {
             for h in &self.hosts {
-                for st in host_steps(&self.m, &h.name, self.params.dry_run).into_iter().filter(|s| s.phase == Phase::Logs) {
+                for st in phase_steps(&self.m, &h.name, self.params.dry_run, Phase::Logs) {
                     self.rec.not_run(&st.name, Some(&h.name), &why);
                 }
             }
@@ -530,7 +556,7 @@ impl Run {
         if self.cfg.fleet.source == FleetSource::Static {
             return (StepState::Skipped, "a static inventory has no EC2 instances: no EBS volume to snapshot".into(), Value::Null);
         }
-        let instances = match crate::aws::ec2::describe_instances(&self.ctx.aws.ec2, &self.cfg.fleet.tag_filters, &["pending", "running", "stopping", "stopped"]).await {
+        let instances = match self.fresh_ctx().tagged_instances().await {
             Ok(i) => i,
             Err(e) => return aws_detail(&e),
         };
@@ -613,20 +639,14 @@ impl Run {
         let names: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();
         let mut skip = skip.to_vec();
         for h in &self.hosts {
-            let all_done = host_steps(&self.m, &h.name, self.params.dry_run)
+            let all_done = phase_steps(&self.m, &h.name, self.params.dry_run, phase)
                 .iter()
-                .filter(|s| s.phase == phase)
                 .all(|s| self.rec.done(&s.name, Some(&h.name)).is_some());
             if all_done && !skip.iter().any(|(n, _)| n == &h.name) {
                 skip.push((h.name.clone(), "done in the run being resumed".into()));
             }
         }
-        let policy = Policy {
-            max_concurrency: self.params.max_concurrency.parse().unwrap_or(Limit::Count(1)),
-            max_errors: self.params.max_errors.parse().unwrap_or(Limit::Count(0)),
-            canary: self.params.canary,
-            host_timeout: Duration::from_secs(self.params.host_timeout_secs),
-        };
+        let policy = self.policy.clone();
         // The executor's own timeout is a backstop: each step's job carries the host's
         // remaining time to the agent, which ends it there.
         let backstop = policy.host_timeout + Duration::from_secs(60);
@@ -663,7 +683,7 @@ impl Run {
                 });
                 self.rec.events.host_ended(&h.name, h.state.label(), &h.reason);
                 if h.state == HostState::NotStarted {
-                    for st in host_steps(&self.m, &h.name, self.params.dry_run).into_iter().filter(|s| s.phase == phase) {
+                    for st in phase_steps(&self.m, &h.name, self.params.dry_run, phase) {
                         self.rec.not_run(&st.name, Some(&h.name), &h.reason);
                     }
                 }
@@ -678,7 +698,7 @@ impl Run {
         let Some(host) = self.hosts.iter().find(|h| h.name == name) else {
             return (HostState::Failed, "not in the fleet".into());
         };
-        let steps: Vec<steps::HostStep> = host_steps(&self.m, &name, self.params.dry_run).into_iter().filter(|s| s.phase == phase).collect();
+        let steps = phase_steps(&self.m, &name, self.params.dry_run, phase);
         if let Some(why) = &host.undialable {
             let why = why.to_string();
             for s in &steps {
@@ -734,10 +754,7 @@ impl Run {
     /// Steps 7–9: a read-only runbook with a fresh deadline; its full report is kept in
     /// the run's folder. The performance baseline is compared with the last run's.
     async fn runbook(&self, step: &str, which: Which) -> (StepState, String, Value) {
-        let mut ctx = self.ctx.clone();
-        ctx.now = Utc::now();
-        ctx.deadline = tokio::time::Instant::now() + self.cfg.runbooks.deadline;
-        let report = runbooks::run(which, &ctx).await;
+        let report = runbooks::run(which, &self.fresh_ctx()).await;
         let stem = runbooks::report_stem(&report);
         let written = report.write(&self.run_dir, &stem);
         let outcome = report.outcome();
@@ -810,10 +827,7 @@ impl Run {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let mut ctx = self.ctx.clone();
-            ctx.now = Utc::now();
-            ctx.deadline = tokio::time::Instant::now() + self.cfg.runbooks.deadline;
-            let health = runbooks::run(Which::DailyHealthCheck, &ctx).await;
+            let health = runbooks::run(Which::DailyHealthCheck, &self.fresh_ctx()).await;
             let rows = crate::commands::ping::ping(&self.dialer, &self.hosts, false).await;
             let silent: Vec<String> = rows.iter().filter(|r| !r.reachable).map(|r| r.name.clone()).collect();
             let failed: Vec<String> = health

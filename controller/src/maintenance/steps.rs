@@ -71,6 +71,30 @@ fn describe_rules(rules: &[CleanupRule]) -> String {
         .join(", ")
 }
 
+/// A step's configured action (none when empty), then a restart of each unit where the
+/// host runs it; neither is asked of an agent in a dry run.
+fn action_and_restarts(
+    push: &mut impl FnMut(String, Phase, String, Option<JobSpec>, bool),
+    step: &str,
+    purpose: &str,
+    action: &str,
+    units: &[String],
+) {
+    if !action.is_empty() {
+        let spec = job(job_spec::Kind::RunAction(RunAction { name: action.to_string() }));
+        push(format!("{step} action {action}"), Phase::Updates, format!("{purpose}: action {action}"), spec, false);
+    }
+    for unit in units {
+        let spec = job(job_spec::Kind::RestartService(RestartService { unit: unit.clone(), if_running: true }));
+        push(format!("{step} restart {unit}"), Phase::Updates, format!("restart {unit} where it runs"), spec, false);
+    }
+}
+
+/// The steps of one host in one phase, in order.
+pub fn phase_steps(cfg: &MaintenanceConfig, host: &str, dry_run: bool, phase: Phase) -> Vec<HostStep> {
+    host_steps(cfg, host, dry_run).into_iter().filter(|s| s.phase == phase).collect()
+}
+
 /// The steps of one host, in order. A dry run keeps every step, each turned into what
 /// can be asked without changing anything (a simulated patch, a cleanup that only
 /// counts) or, when nothing can, left without a job and only named.
@@ -82,28 +106,14 @@ pub fn host_steps(cfg: &MaintenanceConfig, host: &str, dry_run: bool) -> Vec<Hos
     };
     let patch = |security_only| job(job_spec::Kind::Patch(Patch { security_only, simulate: dry_run, exclude: vec![] }));
     push("3 patch".into(), Phase::Updates, "full package update".into(), patch(false), true);
-    if !cfg.app_dependency_action.is_empty() {
-        let a = &cfg.app_dependency_action;
-        push(format!("3 action {a}"), Phase::Updates, format!("application dependencies: action {a}"), job(job_spec::Kind::RunAction(RunAction { name: a.clone() })), false);
-    }
-    for unit in &cfg.services {
-        let spec = job(job_spec::Kind::RestartService(RestartService { unit: unit.clone(), if_running: true }));
-        push(format!("3 restart {unit}"), Phase::Updates, format!("restart {unit} where it runs"), spec, false);
-    }
+    action_and_restarts(&mut push, "3", "application dependencies", &cfg.app_dependency_action, &cfg.services);
     if !cfg.cleanup.is_empty() {
         let r = rules(&cfg.cleanup, host);
         let what = format!("remove {}", describe_rules(&r));
         push("3 cleanup".into(), Phase::Updates, what, job(job_spec::Kind::Cleanup(Cleanup { rules: r, dry_run })), true);
     }
     push("4 security-patch".into(), Phase::Updates, "security updates".into(), patch(true), true);
-    if !cfg.cert_renewal_action.is_empty() {
-        let a = &cfg.cert_renewal_action;
-        push(format!("4 action {a}"), Phase::Updates, format!("certificate renewal: action {a}"), job(job_spec::Kind::RunAction(RunAction { name: a.clone() })), false);
-    }
-    for unit in &cfg.security_services {
-        let spec = job(job_spec::Kind::RestartService(RestartService { unit: unit.clone(), if_running: true }));
-        push(format!("4 restart {unit}"), Phase::Updates, format!("restart {unit} where it runs"), spec, false);
-    }
+    action_and_restarts(&mut push, "4", "certificate renewal", &cfg.cert_renewal_action, &cfg.security_services);
     push("6 logrotate".into(), Phase::Logs, "logrotate -f".into(), job(job_spec::Kind::RotateLogs(RotateLogs {})), false);
     if !cfg.log_cleanup.is_empty() {
         let r = rules(&cfg.log_cleanup, host);

@@ -169,8 +169,14 @@ pub fn run(config: &Path, env: &[(&str, String)], args: &[&str]) -> (i32, String
 /// Runs the controller with only `PATH`, a `HOME` that does not exist and `env`: no AWS
 /// setting of the caller's leaks in.
 pub fn run_clean(env: &[(&str, String)], config: &Path, args: &[&str]) -> (i32, String, String) {
+    output(clean_command(env), config, args)
+}
+
+/// The controller binary with only `PATH`, a `HOME` that does not exist and `env` in its
+/// environment (for a test that starts it as a child and stops it itself).
+pub fn clean_command(env: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(binary("controller"));
     cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("HOME", "/nonexistent");
     cmd.envs(env.iter().cloned());
-    output(cmd, config, args)
+    cmd
 }

@@ -226,11 +226,7 @@ impl World {
     /// Starts `controller weekly-maintenance ARGS` as a child process (to be killed or
     /// interrupted by the test), with the same clean environment as `controller`.
     pub fn spawn_maintenance(&self, args: &[&str]) -> std::process::Child {
-        std::process::Command::new(super::binary("controller"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", "/nonexistent")
-            .envs(self.env())
+        super::controller::clean_command(&self.env())
             .arg("--config")
             .arg(&self.config)
             .args(["weekly-maintenance", "--report-dir"])
