@@ -196,7 +196,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let paths = TlsPaths { ca: dir.path().join("ca.pem"), cert: dir.path().join("client.pem"), key: dir.path().join("client.key") };
-        let config = tls::client_config(&paths).unwrap();
+        let config = tls::client_config(&paths, None).unwrap();
         let target = AgentTarget { address: addr.clone(), server_name: "localhost".into() };
         let channel = tls::connect(&target, Arc::clone(&config), DialTimeouts::default()).await.unwrap();
         let mut client = AgentClient::new(channel);

@@ -80,7 +80,7 @@ fn dist_agent() -> PathBuf {
 
 async fn connect(dir: &Path, addr: &str) -> AgentClient<Channel> {
     let paths = TlsPaths { ca: dir.join("ca.pem"), cert: dir.join("client.pem"), key: dir.join("client.key") };
-    let config = tls::client_config(&paths).unwrap();
+    let config = tls::client_config(&paths, None).unwrap();
     let target = AgentTarget { address: addr.to_string(), server_name: "localhost".into() };
     AgentClient::new(tls::connect(&target, config, DialTimeouts::default()).await.unwrap())
 }

@@ -44,6 +44,10 @@ pub struct AgentConfig {
     /// `[limits]`: how much an unauthenticated peer or a connected caller may hold.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[enrol]`: how this agent gets its certificate when it has none (a host installed
+    /// through user-data): it makes its key, then waits for `controller fleet enroll`.
+    #[serde(default)]
+    pub enrol: Option<crate::enrol::EnrolConfig>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -226,6 +230,9 @@ impl AgentConfig {
             fix(crl);
         }
         fix(&mut self.state_dir);
+        if let Some(token) = self.enrol.as_mut().and_then(|e| e.join_token_file.as_mut()) {
+            fix(token);
+        }
         for p in [&mut self.auth_log.journal_directory, &mut self.auth_log.journal_file].into_iter().flatten() {
             fix(p);
         }
@@ -269,7 +276,28 @@ impl AgentConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.listen_addr()?;
         let crl = self.tls.crl.as_ref().map(|p| ("tls.crl", p));
-        for (key, p) in [("tls.ca", &self.tls.ca), ("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)].into_iter().chain(crl) {
+        let mut files = vec![("tls.ca", &self.tls.ca)];
+        match &self.enrol {
+            // Not enrolled yet is a normal state: the key and certificate come later, into
+            // folders that must exist now.
+            Some(enrol) => {
+                enrol.validate(&self.metadata)?;
+                for (key, p) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+                    if !p.parent().is_some_and(Path::is_dir) {
+                        return Err(format!("{key} = {}: its folder does not exist", p.display()));
+                    }
+                }
+                if self.tls.cert.is_file() && !self.tls.key.is_file() {
+                    return Err(format!(
+                        "tls.cert = {} exists but tls.key = {} does not: remove the certificate to enrol again",
+                        self.tls.cert.display(),
+                        self.tls.key.display()
+                    ));
+                }
+            }
+            None => files.extend([("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)]),
+        }
+        for (key, p) in files.into_iter().chain(crl) {
             if !p.is_file() {
                 return Err(format!("{key} = {}: no such file", p.display()));
             }

@@ -7,6 +7,7 @@ pub mod check;
 pub mod collect;
 pub mod jobs;
 pub mod config;
+pub mod enrol;
 pub mod imds;
 pub mod metrics;
 pub mod pending;

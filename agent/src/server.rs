@@ -1,6 +1,8 @@
 //! The listener: accepts TCP, completes TLS 1.3 with a required client certificate off
-//! the accept loop, serves `ops.v1.Agent` and `grpc.health.v1` on the verified
-//! connections, reloads certificates when their files change, and shuts down gracefully.
+//! the accept loop, serves `ops.v1.Agent`, `ops.v1.Enroll` and `grpc.health.v1` on the
+//! verified connections, reloads certificates when their files change, and shuts down
+//! gracefully. An agent that is not enrolled yet answers every `ops.v1.Agent` call with
+//! FAILED_PRECONDITION until enrolment installs its certificate.
 //!
 //! A connection that fails the handshake (no client certificate, another CA, expired,
 //! revoked by the CRL) never reaches a handler: it is logged (rate-limited) and dropped
@@ -24,6 +26,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 
 use crate::config::{AgentConfig, LimitsConfig};
+use crate::enrol::service::{EnrollService, Reload};
+use crate::enrol::Enrolment;
+use ops_proto::v1::enroll_server::EnrollServer;
 use crate::metrics::{Limit, Stats, WarnLimiter, WARN_WINDOW};
 use crate::pending::Pending;
 use crate::service::AgentService;
@@ -89,17 +94,19 @@ impl RunningAgent {
     }
 }
 
-/// The current TLS configuration, replaced when the certificate or CRL files change.
+/// The current TLS configuration, replaced when the certificate or CRL files change (or
+/// when enrolment installs the first certificate: until then, the enrolment listener's).
 struct TlsState {
     paths: TlsPaths,
     options: ServerOptions,
     files: Vec<std::path::PathBuf>,
     current: RwLock<Arc<ServerConfig>>,
     stamp: RwLock<Vec<Option<(SystemTime, u64, u64)>>>,
+    enrolment: Arc<Enrolment>,
 }
 
 impl TlsState {
-    fn load(cfg: &AgentConfig, warn: Arc<WarnLimiter>) -> Result<TlsState, tls::TlsError> {
+    fn load(cfg: &AgentConfig, warn: Arc<WarnLimiter>) -> Result<TlsState, ServeError> {
         let paths = cfg.tls_paths();
         let on_revoked: tls::RevokedHook = Arc::new(move |id: &ops_proto::identity::PeerIdentity| {
             warn.warn("revoked certificate", || {
@@ -108,9 +115,18 @@ impl TlsState {
         });
         let options = ServerOptions { crl: cfg.tls.crl.clone(), on_revoked: Some(on_revoked) };
         let files = cfg.tls_files();
-        let config = tls::server_config(&paths, &options)?;
+        let enrolment = Arc::new(Enrolment::open(cfg, options.clone()).map_err(|e| ServeError::Service(e.to_string()))?);
+        let config = if enrolment.is_enrolled() {
+            tls::server_config(&paths, &options)?
+        } else {
+            tracing::info!(
+                "not enrolled yet: serving only ops.v1.Enroll until `controller fleet enroll` installs {}",
+                paths.cert.display()
+            );
+            enrolment.waiting_server_config().map_err(|e| ServeError::Service(e.to_string()))?
+        };
         let stamp = stamps(&files);
-        Ok(TlsState { paths, options, files, current: RwLock::new(config), stamp: RwLock::new(stamp) })
+        Ok(TlsState { paths, options, files, current: RwLock::new(config), stamp: RwLock::new(stamp), enrolment })
     }
 
     fn current(&self) -> Arc<ServerConfig> {
@@ -125,9 +141,21 @@ impl TlsState {
     fn reload_if_changed(&self, stats: &Stats) {
         let now = stamps(&self.files);
         let changed = self.stamp.read().map(|s| *s != now).unwrap_or(true);
-        if !changed {
+        // Waiting for enrolment is not a broken set of files: nothing to load yet.
+        if !changed || (!self.enrolment.is_enrolled() && !self.paths.cert.is_file()) {
             return;
         }
+        if let Err(e) = self.reload(stats, now) {
+            tracing::error!("certificate files changed but cannot be used, keeping the previous ones: {e}");
+        }
+    }
+
+    /// Rebuilds the configuration from the files now (after enrolment installed them).
+    fn reload_now(&self, stats: &Stats) -> Result<(), tls::TlsError> {
+        self.reload(stats, stamps(&self.files))
+    }
+
+    fn reload(&self, stats: &Stats, now: Vec<Option<(SystemTime, u64, u64)>>) -> Result<(), tls::TlsError> {
         match tls::server_config(&self.paths, &self.options) {
             Ok(cfg) => {
                 if let Ok(mut g) = self.current.write() {
@@ -141,8 +169,10 @@ impl TlsState {
                     Some(crl) => tracing::info!("reloaded TLS certificates from {} and the CRL {}", self.paths.cert.display(), crl.display()),
                     None => tracing::info!("reloaded TLS certificates from {}", self.paths.cert.display()),
                 }
+                self.enrolment.set_enrolled();
+                Ok(())
             }
-            Err(e) => tracing::error!("certificate files changed but cannot be used, keeping the previous ones: {e}"),
+            Err(e) => Err(e),
         }
     }
 }
@@ -164,6 +194,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, ServeError> {
     let stats = Arc::new(Stats::default());
     let warn = Arc::new(WarnLimiter::new(cfg.limits.warnings_per_minute, WARN_WINDOW, stats.metrics.clone()));
     let tls_state = Arc::new(TlsState::load(&cfg, warn.clone())?);
+    let enrolment = tls_state.enrolment.clone();
     let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
 
@@ -173,20 +204,46 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, ServeError> {
         .map_err(ServeError::Service)?;
     let jobs = service.jobs();
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<AgentServer<AgentService>>().await;
+    if enrolment.is_enrolled() {
+        health.set_serving::<AgentServer<AgentService>>().await;
+    } else {
+        health.set_not_serving::<AgentServer<AgentService>>().await;
+    }
+    health.set_serving::<EnrollServer<EnrollService>>().await;
+    let reload: Reload = {
+        let (tls_state, stats, health) = (tls_state.clone(), stats.clone(), health.clone());
+        Arc::new(move || {
+            tls_state.reload_now(&stats).map_err(|e| e.to_string())?;
+            let health = health.clone();
+            tokio::spawn(async move { health.set_serving::<AgentServer<AgentService>>().await });
+            Ok(())
+        })
+    };
+    let enroll = EnrollService::new(enrolment.clone(), jobs.clone(), reload);
+    let gate = enrolment.clone();
+    let agent_service = AgentServer::with_interceptor(service, move |req: tonic::Request<()>| {
+        if gate.is_enrolled() {
+            Ok(req)
+        } else {
+            Err(tonic::Status::failed_precondition(
+                "this agent is not enrolled yet: it serves only ops.v1.Enroll until `controller fleet enroll` gives it a certificate",
+            ))
+        }
+    });
 
     let (conn_tx, conn_rx) = mpsc::channel::<Result<PeerStream, std::io::Error>>(ACCEPTED_QUEUE);
     let handshakes = Handshakes { tls: tls_state.clone(), limits: cfg.limits.clone(), stats: stats.clone(), warn };
     tokio::spawn(accept_loop(listener, handshakes, conn_tx, shutdown_rx.clone()));
     let reload_every = Duration::from_secs(cfg.tls.reload_check_seconds);
-    tokio::spawn(reload_loop(tls_state, reload_every, stats.clone(), shutdown_rx.clone()));
+    tokio::spawn(reload_loop(tls_state, reload_every, stats.clone(), health.clone(), shutdown_rx.clone()));
 
     let limits = cfg.limits.clone();
     let mut drain_rx = shutdown_rx.clone();
     let task = tokio::spawn(async move {
         let server = limited_server(&limits)
             .add_service(health_service)
-            .add_service(AgentServer::new(service))
+            .add_service(agent_service)
+            .add_service(EnrollServer::new(enroll))
             .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), wait_for(shutdown_rx));
         tokio::pin!(server);
         tokio::select! {
@@ -335,12 +392,24 @@ fn is_revoked(e: &std::io::Error) -> bool {
     )
 }
 
-async fn reload_loop(tls_state: Arc<TlsState>, every: Duration, stats: Arc<Stats>, shutdown: watch::Receiver<bool>) {
+async fn reload_loop(
+    tls_state: Arc<TlsState>,
+    every: Duration,
+    stats: Arc<Stats>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => tls_state.reload_if_changed(&stats),
+            _ = tick.tick() => {
+                let was = tls_state.enrolment.is_enrolled();
+                tls_state.reload_if_changed(&stats);
+                if !was && tls_state.enrolment.is_enrolled() {
+                    health.set_serving::<AgentServer<AgentService>>().await;
+                }
+            }
             _ = wait_for(shutdown.clone()) => return,
         }
     }

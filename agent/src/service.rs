@@ -44,6 +44,8 @@ struct Inner {
     job_watches: Arc<Semaphore>,
     limits: crate::config::LimitsConfig,
     started: std::time::Instant,
+    /// This agent's certificate, for the expiry and serial host info reports.
+    cert_path: std::path::PathBuf,
 }
 
 impl AgentService {
@@ -79,6 +81,7 @@ impl AgentService {
                 job_watches: Arc::new(Semaphore::new(cfg.limits.max_job_watches)),
                 limits: cfg.limits.clone(),
                 started: std::time::Instant::now(),
+                cert_path: cfg.tls.cert.clone(),
             }),
         })
     }
@@ -133,8 +136,9 @@ pub fn authorize<T>(req: &Request<T>, needed: Role, what: &str) -> Result<PeerId
 impl Agent for AgentService {
     async fn get_host_info(&self, req: Request<HostInfoRequest>) -> Result<Response<HostInfo>, Status> {
         let who = authorize(&req, Role::Viewer, "read host info")?;
-        let mut info = crate::pools::COLLECTORS
-            .spawn(collect::host_info)
+        let cert = self.inner.cert_path.clone();
+        let (mut info, cert_facts) = crate::pools::COLLECTORS
+            .spawn(move || (collect::host_info(), crate::enrol::certificate_facts(&cert)))
             .await
             .map_err(|e| Status::internal(format!("host info task failed: {e}")))?;
         match self.inner.instance.lock().map(|g| g.clone()) {
@@ -144,6 +148,10 @@ impl Agent for AgentService {
         }
         info.caller_identity = who.name;
         info.caller_role = who.role_claim;
+        if let Some((serial, not_after)) = cert_facts {
+            info.certificate_serial = serial;
+            info.certificate_not_after_unix_ms = not_after;
+        }
         Ok(Response::new(info))
     }
 

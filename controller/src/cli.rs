@@ -311,6 +311,47 @@ pub enum FleetCommand {
     },
     /// List the fleet as discovered (no agent is contacted).
     List,
+    /// Enrol agents waiting for a certificate (installed through user-data): each proves
+    /// its EC2 identity (or a join token) and gets a certificate signed by the fleet CA
+    /// for the key it made itself. Hosts that already have one are left alone.
+    Enroll {
+        /// Only these hosts (names or instance ids, comma-separated); default: the whole fleet.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Allow an instance (or host name) that enrolled before to enrol again (a
+        /// reinstalled host); its earlier certificates stay valid until removed.
+        #[arg(long)]
+        re_enrol: bool,
+    },
+    /// Print a one-time join token for a host outside EC2 (weaker than EC2's identity:
+    /// whoever holds it can enrol once under that name before it expires).
+    JoinToken {
+        /// The host name the token is bound to (its [[fleet.hosts]] name).
+        #[arg(long)]
+        host: String,
+        /// Lifetime (default `[enrol] join_token_ttl`, at most 24h).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Renew agent certificates that expire within the window: the agent makes a new key
+    /// and CSR, the fleet CA signs, the agent switches without a restart.
+    RotateCerts {
+        /// The window (default `[enrol] rotate_before`, 30 days).
+        #[arg(long, value_parser = parse_duration)]
+        before: Option<Duration>,
+        /// Only these hosts (comma-separated); default: the whole fleet.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Renew even certificates that are not due.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Revoke every certificate enrolled for a host (a terminated or compromised
+    /// instance), through the fleet CA's CRL.
+    Remove {
+        /// The host name or instance id it enrolled under.
+        host: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -402,7 +443,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = source.load()?;
             let hosts = fleet::discover(&cfg).await?;
             let dialer = Dialer::from_config(&cfg)?.with_progress(crate::progress::wanted(output));
-            let rows = ping::ping(&dialer, &hosts, stats).await;
+            let mut rows = ping::ping(&dialer, &hosts, stats).await;
+            if cfg.enrol.auto {
+                rows = crate::commands::enrol::auto_enrol(&cfg, &dialer, &hosts, rows, stats).await?;
+            }
             match output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 OutputFormat::Table if stats => print!("{}{}", ping::render(&rows), ping::render_stats(&rows)),
@@ -410,6 +454,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if rows.iter().all(|r| r.reachable) { 0 } else { 1 })
         }
+        Command::Fleet(FleetCommand::Enroll { hosts: names, re_enrol }) => {
+            let cfg = source.load()?;
+            let hosts = fleet::discover(&cfg).await?;
+            let chosen = crate::commands::enrol::pick(&hosts, &names)?;
+            let enroller = crate::commands::enrol::enroller(&cfg).await?;
+            let rows = crate::commands::enrol::enrol_hosts(&enroller, &chosen, re_enrol).await;
+            crate::commands::enrol::report(&rows, output)
+        }
+        Command::Fleet(FleetCommand::JoinToken { host, ttl }) => crate::commands::enrol::join_token(&source.load()?, &host, ttl),
+        Command::Fleet(FleetCommand::RotateCerts { before, hosts: names, force }) => {
+            let cfg = source.load()?;
+            let hosts = fleet::discover(&cfg).await?;
+            let chosen = crate::commands::enrol::pick(&hosts, &names)?;
+            let enroller = crate::commands::enrol::enroller(&cfg).await?;
+            let window = before.unwrap_or(cfg.enrol.rotate_before);
+            let rows = crate::commands::enrol::rotate_hosts(&enroller, &chosen, window, force).await;
+            crate::commands::enrol::report(&rows, output)
+        }
+        Command::Fleet(FleetCommand::Remove { host }) => crate::commands::enrol::remove(&source.load()?, &host, output),
         Command::Fleet(FleetCommand::List) => {
             let cfg = source.load()?;
             let hosts = fleet::discover(&cfg).await?;

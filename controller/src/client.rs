@@ -38,7 +38,7 @@ impl Dialer {
     /// Loads the CA and the operator certificate named in the config.
     pub fn from_config(cfg: &ControllerConfig) -> Result<Dialer, DialerSetupError> {
         Ok(Dialer {
-            config: tls::client_config(&cfg.tls()?.paths())?,
+            config: tls::client_config(&cfg.tls()?.paths(), cfg.tls()?.crl.as_deref())?,
             timeouts: DialTimeouts {
                 connect: cfg.fleet.connect_timeout,
                 request: Some(cfg.fleet.request_timeout),

@@ -27,6 +27,10 @@ pub struct ControllerConfig {
     /// `[maintenance]`: what `weekly-maintenance` does and within which limits.
     #[serde(default)]
     pub maintenance: crate::maintenance::config::MaintenanceConfig,
+    /// `[enrol]`: how new agents join the fleet (the fleet CA that signs them, AWS's
+    /// instance-identity certificates, join tokens, automatic enrolment).
+    #[serde(default)]
+    pub enrol: crate::enrol::config::EnrolConfig,
     /// The file this was loaded from (not a key of the file).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -39,6 +43,10 @@ pub struct TlsSection {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The fleet CA's revocation list (PEM): an agent whose certificate it lists (a host
+    /// removed with `fleet remove`) is refused at the handshake.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
 }
 
 impl TlsSection {
@@ -56,6 +64,15 @@ pub enum FleetSource {
     Static,
     /// Running EC2 instances matching `tag_filters`.
     Ec2,
+}
+
+/// Which name an EC2 host's agent certificate is checked against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerNameMode {
+    #[default]
+    Address,
+    InstanceId,
 }
 
 /// `[fleet]`: the hosts to drive and how to dial them.
@@ -77,6 +94,12 @@ pub struct FleetConfig {
     /// EC2 source: "private-ip" (default), "public-ip" or "tag:<Key>" (the tag holds host:port).
     #[serde(default = "default_address_mode")]
     pub address: String,
+    /// EC2 source: the name an agent's certificate must carry. "address" (default): the
+    /// host part of the address dialled. "instance-id": the instance id, which every
+    /// certificate signed at enrolment carries whatever address the fleet is dialled by
+    /// (a public IP, or a tag).
+    #[serde(default)]
+    pub server_name: ServerNameMode,
     #[serde(default = "default_agent_port")]
     pub agent_port: u16,
     /// How many hosts are contacted at once.
@@ -98,6 +121,7 @@ impl Default for FleetConfig {
             tag_filters: BTreeMap::new(),
             all_instances: false,
             address: default_address_mode(),
+            server_name: ServerNameMode::default(),
             agent_port: default_agent_port(),
             concurrency: default_concurrency(),
             connect_timeout: default_connect_timeout(),
@@ -226,12 +250,13 @@ impl ControllerConfig {
     /// Certificate paths are relative to the config file's folder.
     fn resolve_relative(&mut self, base: &Path) {
         if let Some(tls) = &mut self.tls {
-            for p in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
+            for p in [&mut tls.ca, &mut tls.cert, &mut tls.key].into_iter().chain(tls.crl.as_mut()) {
                 if p.is_relative() {
                     *p = base.join(&*p);
                 }
             }
         }
+        self.enrol.resolve_relative(base);
     }
 
     /// `[tls]`, or the error naming the file that lacks it.
@@ -279,6 +304,7 @@ impl ControllerConfig {
         }
         self.runbooks.validate().map_err(|e| e.to_string())?;
         self.maintenance.validate()?;
+        self.enrol.validate()?;
         let mode = f.address.as_str();
         if !(mode == "private-ip" || mode == "public-ip" || mode.strip_prefix("tag:").is_some_and(|k| !k.is_empty())) {
             return Err(format!(

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub(crate) mod duration_text;
+pub mod enrol;
 pub mod fleet;
 pub mod install;
 pub mod maintenance;

@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 
 mod revoke;
 
-pub use revoke::{issued, parse_serial, revoke, Issued, RevokeTarget, Revocation, CRL_FILE, INDEX_FILE};
-use revoke::{record, write_crl};
+pub use revoke::{issued, parse_serial, revoke, serial_of, Issued, RevokeTarget, Revocation, CRL_FILE, INDEX_FILE};
+pub(crate) use revoke::record;
+use revoke::write_crl;
 
 use ops_proto::identity::Role;
 use rcgen::{
@@ -128,11 +129,46 @@ impl Ca {
         self.sign(params)
     }
 
+    /// A server certificate for the key of a CSR (enrolment and rotation). The CSR's own
+    /// signature is checked; the names are the ones the caller verified, never what the
+    /// CSR asked for; the serial is random. Returns the certificate PEM.
+    pub fn agent_for_csr(&self, csr_der: &[u8], names: &[String], validity: Validity) -> Result<String, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_der(&csr_der.into())?;
+        let cn = names.first().cloned().unwrap_or_default();
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params.distinguished_name = dn(&cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&random_serial()?));
+        apply_validity(&mut params, Some(validity));
+        Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
+    }
+
+    /// The CA's certificate (PEM).
+    pub fn cert_pem(&self) -> &str {
+        &self.pem.cert
+    }
+
+    /// Signs `message` with the CA key (ECDSA P-256 with SHA-256, ASN.1 DER), for join tokens.
+    pub fn sign_bytes(&self, message: &[u8]) -> Result<Vec<u8>, PkiError> {
+        Ok(rcgen::SigningKey::sign(self.issuer.key(), message)?)
+    }
+
     fn sign(&self, params: CertificateParams) -> Result<Pem, PkiError> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Pem { cert: cert.pem(), key: key.serialize_pem() })
     }
+}
+
+/// 16 random bytes with the top bit clear (a positive serial of at most 128 bits).
+fn random_serial() -> Result<[u8; 16], PkiError> {
+    let mut b = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| PkiError::BadFile { path: PathBuf::from("/dev/urandom"), reason: "no randomness available".into() })?;
+    b[0] &= 0x7f;
+    b[0] |= 0x01;
+    Ok(b)
 }
 
 fn dn(common_name: &str) -> DistinguishedName {

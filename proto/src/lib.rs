@@ -3,9 +3,11 @@
 //!
 //! Everything that decides how a connection is secured lives here, once, so that the two
 //! sides cannot drift apart. This crate must never weaken verification: no "insecure"
-//! switches, no plain-text fallback.
+//! switches, no plain-text fallback. The one dial that does not check the agent against
+//! the fleet CA is enrolment's, which pins the agent's key instead (see `enrol`).
 #![forbid(unsafe_code)]
 
+pub mod enrol;
 pub mod identity;
 /// The rustls version the TLS helpers are built on, for callers that name its types.
 pub use rustls;

@@ -31,7 +31,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::identity::PeerIdentity;
 
 /// The ALPN protocol gRPC runs over.
-const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 
 /// Paths of the PEM files one side of a connection needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,7 +129,7 @@ fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(store))
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -231,36 +231,58 @@ impl fmt::Debug for ServerOptions {
 /// The agent's TLS configuration: TLS 1.3 only, a client certificate signed by the
 /// fleet CA (and not on its CRL, when one is configured) required on every connection.
 pub fn server_config(paths: &TlsPaths, options: &ServerOptions) -> Result<Arc<ServerConfig>, TlsError> {
-    let roots = roots(&paths.ca)?;
+    let certs = load_certs(&paths.cert, "certificate")?;
+    let key = load_key(&paths.key)?;
+    server_config_from_parts(&paths.ca, options, certs, key).map_err(|e| match e {
+        PartsError::Tls(e) => e,
+        PartsError::Identity(e) => TlsError::BadIdentity {
+            cert: paths.cert.clone(),
+            key: paths.key.clone(),
+            reason: identity_reason(&e),
+        },
+    })
+}
+
+/// Why a configuration built from parts failed.
+#[derive(Debug)]
+pub(crate) enum PartsError {
+    Tls(TlsError),
+    Identity(rustls::Error),
+}
+
+/// The agent's TLS configuration with a certificate and key held in memory (the enrolment
+/// listener's self-signed certificate): the same client verification as `server_config`.
+pub(crate) fn server_config_from_parts(
+    ca: &Path,
+    options: &ServerOptions,
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, PartsError> {
+    let roots = roots(ca).map_err(PartsError::Tls)?;
     let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
     if let Some(crl_path) = &options.crl {
-        let crls = load_crls(crl_path)?;
-        let cas = load_certs(&paths.ca, "CA")?;
-        check_crls(crl_path, &crls, &paths.ca, &cas)?;
+        let crls = load_crls(crl_path).map_err(PartsError::Tls)?;
+        let cas = load_certs(ca, "CA").map_err(PartsError::Tls)?;
+        check_crls(crl_path, &crls, ca, &cas).map_err(PartsError::Tls)?;
         // Only leaves are checked: the CA is the trust anchor, and our CRLs list leaves.
         builder = builder.with_crls(crls).only_check_end_entity_revocation();
     }
-    let webpki = builder.build().map_err(|e| match &options.crl {
-        Some(crl) => TlsError::BadCrl { path: crl.clone(), reason: e.to_string() },
-        None => TlsError::BadCa { path: paths.ca.clone(), reason: e.to_string() },
+    let webpki = builder.build().map_err(|e| {
+        PartsError::Tls(match &options.crl {
+            Some(crl) => TlsError::BadCrl { path: crl.clone(), reason: e.to_string() },
+            None => TlsError::BadCa { path: ca.to_path_buf(), reason: e.to_string() },
+        })
     })?;
     let verifier: Arc<dyn ClientCertVerifier> = match &options.on_revoked {
         Some(hook) => Arc::new(NoticeRevoked { inner: webpki, hook: hook.clone() }),
         None => webpki,
     };
-    let certs = load_certs(&paths.cert, "certificate")?;
-    let key = load_key(&paths.key)?;
-    let bad_identity = |e: rustls::Error| TlsError::BadIdentity {
-        cert: paths.cert.clone(),
-        key: paths.key.clone(),
-        reason: identity_reason(&e),
-    };
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(bad_identity)?
+        .map_err(PartsError::Identity)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
-        .map_err(bad_identity)?;
+        .map_err(PartsError::Identity)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
 }
@@ -327,16 +349,41 @@ impl ClientCertVerifier for NoticeRevoked {
 }
 
 /// The controller's TLS configuration: TLS 1.3 only, the agent verified against the
-/// fleet CA, this side's certificate presented.
-pub fn client_config(paths: &TlsPaths) -> Result<Arc<ClientConfig>, TlsError> {
+/// fleet CA (and against the CA's revocation list when `crl` names one, so that the
+/// certificate of a host removed from the fleet is refused), this side's certificate
+/// presented.
+pub fn client_config(paths: &TlsPaths, crl: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = roots(&paths.ca)?;
     let certs = load_certs(&paths.cert, "certificate")?;
     let key = load_key(&paths.key)?;
-    client_config_from_parts(roots, Some((certs, key))).map_err(|e| TlsError::BadIdentity {
-        cert: paths.cert.clone(),
-        key: paths.key.clone(),
-        reason: e.to_string(),
-    })
+    let verifier = match crl {
+        None => None,
+        Some(crl_path) => {
+            let crls = load_crls(crl_path)?;
+            let cas = load_certs(&paths.ca, "CA")?;
+            check_crls(crl_path, &crls, &paths.ca, &cas)?;
+            let v = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+                .with_crls(crls)
+                .only_check_end_entity_revocation()
+                .build()
+                .map_err(|e| TlsError::BadCrl { path: crl_path.to_path_buf(), reason: e.to_string() })?;
+            Some(v)
+        }
+    };
+    let bad = |e: rustls::Error| TlsError::BadIdentity { cert: paths.cert.clone(), key: paths.key.clone(), reason: e.to_string() };
+    match verifier {
+        None => client_config_from_parts(roots, Some((certs, key))).map_err(bad),
+        Some(v) => {
+            let mut config = ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(bad)?
+                .with_webpki_verifier(v)
+                .with_client_auth_cert(certs, key)
+                .map_err(bad)?;
+            config.alpn_protocols = vec![ALPN_H2.to_vec()];
+            Ok(Arc::new(config))
+        }
+    }
 }
 
 /// A client configuration from parts; `identity` None connects without a client

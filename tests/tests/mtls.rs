@@ -215,7 +215,7 @@ fn client_config(dir: &std::path::Path, name: &str) -> std::sync::Arc<ops_proto:
         ca: dir.join("ca.pem"),
         cert: clients.join(format!("{name}.pem")),
         key: clients.join(format!("{name}.key")),
-    })
+    }, None)
     .unwrap()
 }
 

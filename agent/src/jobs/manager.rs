@@ -62,6 +62,11 @@ impl JobManager {
         }))
     }
 
+    /// The audit log, shared with the other services that change the host (enrolment).
+    pub fn audit(&self) -> &super::audit::Audit {
+        &self.shared.audit
+    }
+
     /// Starts a job (or returns the one its idempotency key already started).
     pub async fn start(
         &self,

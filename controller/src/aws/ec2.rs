@@ -23,6 +23,8 @@ pub struct Instance {
     pub state: String,
     pub instance_type: Option<String>,
     pub private_ip: Option<String>,
+    /// The private DNS name (what the instance's metadata calls `local-hostname`).
+    pub private_dns: Option<String>,
     pub public_ip: Option<String>,
     pub launch_time: Option<DateTime<Utc>>,
     pub tags: BTreeMap<String, String>,
@@ -87,6 +89,16 @@ pub async fn describe_instances(client: &Client, tags: &BTreeMap<String, String>
     if !states.is_empty() {
         filters.push(Filter::builder().name("instance-state-name").set_values(Some(states.iter().map(|s| s.to_string()).collect())).build());
     }
+    describe_filtered(client, filters).await
+}
+
+/// The instance with this id in any state, or None when EC2 does not know it.
+pub async fn describe_instance(client: &Client, id: &str) -> Result<Option<Instance>, AwsError> {
+    let filters = vec![Filter::builder().name("instance-id").values(id).build()];
+    Ok(describe_filtered(client, filters).await?.into_iter().find(|i| i.id == id))
+}
+
+async fn describe_filtered(client: &Client, filters: Vec<Filter>) -> Result<Vec<Instance>, AwsError> {
     let pages = client
         .describe_instances()
         .set_filters(Some(filters))
@@ -110,6 +122,7 @@ pub async fn describe_instances(client: &Client, tags: &BTreeMap<String, String>
                     state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_else(|| "unknown".into()),
                     instance_type: i.instance_type().map(|t| t.as_str().to_string()),
                     private_ip: i.private_ip_address().map(str::to_string),
+                    private_dns: i.private_dns_name().filter(|d| !d.is_empty()).map(str::to_string),
                     public_ip: i.public_ip_address().map(str::to_string),
                     launch_time: i.launch_time().and_then(to_utc),
                     tags,

@@ -2,6 +2,7 @@
 
 pub mod backoff;
 pub mod diag;
+pub mod enrol;
 pub mod ping;
 pub mod top;
 pub mod job;

@@ -26,8 +26,13 @@ pub struct PingRow {
     pub instance_id: Option<String>,
     /// The role the agent saw in our certificate.
     pub role: Option<String>,
+    /// When the agent's own certificate expires (RFC 3339), and its serial.
+    pub certificate_expires: Option<String>,
+    pub certificate_serial: Option<String>,
     /// Why the host is unreachable, named ("connection refused", "timed out", ...).
     pub error: Option<String>,
+    /// The kind of that failure (`FailureKind::as_str`), for scripts and auto-enrolment.
+    pub error_kind: Option<String>,
     /// The agent's counters, when asked for with `--stats`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<AgentStatsView>,
@@ -99,7 +104,10 @@ async fn ping_one(dialer: &Dialer, host: &Host, with_stats: bool) -> PingRow {
         connect_ms: None,
         instance_id: host.instance_id.clone(),
         role: None,
+        certificate_expires: None,
+        certificate_serial: None,
         error: None,
+        error_kind: None,
         stats: None,
         stats_error: None,
     };
@@ -108,6 +116,7 @@ async fn ping_one(dialer: &Dialer, host: &Host, with_stats: bool) -> PingRow {
         Ok(c) => c,
         Err(e) => {
             row.error = Some(e.to_string());
+            row.error_kind = Some(e.kind.as_str().to_string());
             return row;
         }
     };
@@ -125,6 +134,11 @@ async fn ping_one(dialer: &Dialer, host: &Host, with_stats: bool) -> PingRow {
                 row.instance_id = Some(info.instance_id);
             }
             row.role = Some(info.caller_role).filter(|r| !r.is_empty());
+            if info.certificate_not_after_unix_ms > 0 {
+                row.certificate_expires = chrono::DateTime::from_timestamp_millis(info.certificate_not_after_unix_ms)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                row.certificate_serial = Some(info.certificate_serial).filter(|s| !s.is_empty());
+            }
         }
         Err(status) => row.error = Some(call_error(&status).to_string()),
     }
@@ -170,7 +184,7 @@ fn ms(t: Instant) -> f64 {
 
 /// The table a person reads.
 pub fn render(rows: &[PingRow]) -> String {
-    let mut t = Table::new(["HOST", "ADDRESS", "REACHABLE", "HOSTNAME", "VERSION", "UPTIME", "RTT", "ERROR"]);
+    let mut t = Table::new(["HOST", "ADDRESS", "REACHABLE", "HOSTNAME", "VERSION", "UPTIME", "RTT", "CERT EXPIRES", "ERROR"]);
     for r in rows {
         t.row([
             r.name.clone(),
@@ -180,6 +194,7 @@ pub fn render(rows: &[PingRow]) -> String {
             r.agent_version.clone().unwrap_or_else(|| "-".into()),
             r.uptime_seconds.map(human_duration).unwrap_or_else(|| "-".into()),
             r.latency_ms.map(|l| format!("{l:.1} ms")).unwrap_or_else(|| "-".into()),
+            r.certificate_expires.as_deref().map(|t| t.get(..10).unwrap_or(t).to_string()).unwrap_or_else(|| "-".into()),
             r.error.clone().unwrap_or_default(),
         ]);
     }

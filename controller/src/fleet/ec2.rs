@@ -49,7 +49,11 @@ pub fn hosts_from_instances(instances: &[Instance], fleet: &FleetConfig, local_e
         let name = if name_count.get(base).copied().unwrap_or(0) > 1 && base != i.id { format!("{base}/{}", i.id) } else { base.to_string() };
         let (address, server_name, undialable) = match agent_address(i, fleet) {
             Ok(address) => {
-                let target = AgentTarget::new(address, None);
+                let name = match fleet.server_name {
+                    crate::config::ServerNameMode::Address => None,
+                    crate::config::ServerNameMode::InstanceId => Some(i.id.clone()),
+                };
+                let target = AgentTarget::new(address, name);
                 let refused = may_dial(local_emulator, ops_proto::tls::host_part(&target.address)).err().map(Undialable::from);
                 (target.address, target.server_name, refused)
             }
@@ -145,6 +149,7 @@ mod tests {
             tags: t,
             volume_ids: vec![],
             security_group_ids: vec![],
+            private_dns: None,
         }
     }
 

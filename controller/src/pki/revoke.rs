@@ -57,7 +57,7 @@ pub struct Revocation {
 }
 
 /// Appends a certificate to the record of issued certificates.
-pub(super) fn record(dir: &Path, name: &str, kind: &str, cert_pem: &str) -> Result<(), PkiError> {
+pub(crate) fn record(dir: &Path, name: &str, kind: &str, cert_pem: &str) -> Result<(), PkiError> {
     let path = dir.join(INDEX_FILE);
     let (serial, not_after) = serial_of_pem(&path, cert_pem)?;
     let line = serde_json::to_string(&Issued { name: name.into(), kind: kind.into(), serial, not_after })
@@ -87,6 +87,11 @@ pub fn issued(dir: &Path) -> Result<Vec<Issued>, PkiError> {
         out.push(entry);
     }
     Ok(out)
+}
+
+/// A certificate's serial (colon hex, as the agents' audit logs and `fleet ping` show it).
+pub fn serial_of(cert_pem: &str) -> Result<String, PkiError> {
+    serial_of_pem(Path::new("(certificate)"), cert_pem).map(|(s, _)| s)
 }
 
 /// A certificate's serial (colon hex) and notAfter (RFC 3339).

@@ -88,7 +88,7 @@ impl TestPki {
 
     /// A client TLS config presenting `files`.
     pub fn client_config(&self, files: &Files) -> Arc<ClientConfig> {
-        tls::client_config(&self.client_paths(files)).expect("client config")
+        tls::client_config(&self.client_paths(files), None).expect("client config")
     }
 
     pub fn operator_config(&self) -> Arc<ClientConfig> {
