@@ -504,31 +504,19 @@ mod tests {
 
     fn signer() -> Signer {
         let dir = tempfile::tempdir().unwrap();
-        openssl(
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "key.pem",
-                "-out",
-                "cert.pem",
-                "-days",
-                "30",
-                "-subj",
-                "/C=US/ST=Washington State/L=Seattle/O=Amazon Web Services LLC",
-            ],
-            dir.path(),
-        );
-        let cert = dir.path().join("cert.pem");
+        let mut args: Vec<&str> =
+            "req -x509 -newkey rsa:2048 -nodes -days 30 -keyout key.pem -out cert.pem -subj"
+                .split(' ')
+                .collect();
+        args.push("/C=US/ST=Washington State/L=Seattle/O=Amazon Web Services LLC");
+        openssl(&args, dir.path());
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         let cert_pem = std::fs::read_to_string(&cert).unwrap();
         Signer {
-            key: dir.path().join("key.pem"),
-            cert,
-            cert_pem,
             dir,
+            cert,
+            key,
+            cert_pem,
         }
     }
 
@@ -537,23 +525,11 @@ mod tests {
     fn sign(signer: &Signer, document: &[u8], extra: &[&str]) -> Vec<u8> {
         let doc = signer.dir.path().join("doc.json");
         std::fs::write(&doc, document).unwrap();
-        let (cert, key, doc) = (
-            signer.cert.to_str().unwrap(),
-            signer.key.to_str().unwrap(),
-            doc.to_str().unwrap(),
-        );
-        let mut args = vec![
-            "cms",
-            "-sign",
-            "-binary",
-            "-nocerts",
-            "-md",
-            "sha256",
-            "-outform",
-            "DER",
-            "-nodetach",
-        ];
-        args.extend_from_slice(&["-signer", cert, "-inkey", key, "-in", doc]);
+        let mut args: Vec<&str> = "cms -sign -binary -nocerts -md sha256 -outform DER -nodetach"
+            .split(' ')
+            .collect();
+        let (cert, key) = (signer.cert.to_str().unwrap(), signer.key.to_str().unwrap());
+        args.extend_from_slice(&["-signer", cert, "-inkey", key, "-in", doc.to_str().unwrap()]);
         args.extend_from_slice(extra);
         openssl(&args, signer.dir.path())
     }
@@ -581,18 +557,19 @@ mod tests {
         assert_eq!(id.image_id, "ami-12345678");
         assert_eq!(id.instance_type, "t3.micro");
         assert_eq!(id.pending_time, "2026-01-02T03:04:05Z");
+        assert_eq!(
+            ber::to_der(&der).unwrap(),
+            der,
+            "DER passes the BER normaliser unchanged"
+        );
     }
 
     #[test]
     fn a_document_signed_without_signed_attributes_verifies() {
         let s = signer();
         let der = sign(&s, DOCUMENT.as_bytes(), &["-noattr"]);
-        assert_eq!(
-            verify(DOCUMENT, &b64(&der), &s.cert_pem)
-                .unwrap()
-                .instance_id,
-            "i-0123456789abcdef0"
-        );
+        let id = verify(DOCUMENT, &b64(&der), &s.cert_pem).unwrap();
+        assert_eq!(id.instance_id, "i-0123456789abcdef0");
     }
 
     #[test]
@@ -604,20 +581,8 @@ mod tests {
             &[0x30, 0x80],
             "openssl -stream should write an indefinite length"
         );
-        assert_eq!(
-            verify(DOCUMENT, &b64(&ber), &s.cert_pem)
-                .unwrap()
-                .private_ip
-                .to_string(),
-            "10.0.1.23"
-        );
-    }
-
-    #[test]
-    fn der_input_passes_through_the_ber_normaliser_unchanged() {
-        let s = signer();
-        let der = sign(&s, DOCUMENT.as_bytes(), &[]);
-        assert_eq!(ber::to_der(&der).unwrap(), der);
+        let id = verify(DOCUMENT, &b64(&ber), &s.cert_pem).unwrap();
+        assert_eq!(id.private_ip.to_string(), "10.0.1.23");
     }
 
     #[test]
@@ -781,23 +746,23 @@ mod tests {
     fn hostile_ber_is_refused_without_panicking() {
         let deep: Vec<u8> = std::iter::repeat_n([0x30u8, 0x80], 100).flatten().collect();
         assert!(ber::to_der(&deep).unwrap_err().contains("deeper"));
-        assert!(
-            ber::to_der(&[0x04, 0x80, 0x00, 0x00]).is_err(),
-            "indefinite primitive"
-        );
-        assert!(
-            ber::to_der(&[0x30, 0x85, 1, 0, 0, 0, 0]).is_err(),
-            "five-byte length"
-        );
-        assert!(ber::to_der(&[0x30, 0x05, 0x04, 0x01]).is_err(), "truncated");
-        assert!(
-            ber::to_der(&[0x24, 0x80, 0x02, 0x01, 0x01, 0x00, 0x00]).is_err(),
-            "non-octet segment"
-        );
-        assert_eq!(
-            ber::to_der(&[0x24, 0x80, 0x04, 0x01, b'a', 0x04, 0x01, b'b', 0x00, 0x00]).unwrap(),
-            [0x04, 0x02, b'a', b'b']
-        );
+        for (bytes, what) in [
+            (&[0x04, 0x80, 0x00, 0x00][..], "indefinite primitive"),
+            (&[0x30, 0x85, 1, 0, 0, 0, 0], "five-byte length"),
+            (&[0x30, 0x05, 0x04, 0x01], "truncated"),
+            (
+                &[0x24, 0x80, 0x02, 0x01, 0x01, 0x00, 0x00],
+                "non-octet segment",
+            ),
+            (
+                &[0x30, 0x02, 0x00, 0x00],
+                "end-of-contents in a definite length",
+            ),
+        ] {
+            assert!(ber::to_der(bytes).is_err(), "{what}");
+        }
+        let segmented = [0x24, 0x80, 0x04, 0x01, b'a', 0x04, 0x01, b'b', 0x00, 0x00];
+        assert_eq!(ber::to_der(&segmented).unwrap(), [0x04, 0x02, b'a', b'b']);
     }
 
     // A real identity document and rsa2048 signature from an EC2 instance in us-east-1

@@ -41,6 +41,7 @@ pub struct ControllerConfig<'a> {
     connect_timeout: Option<String>,
     hosts: Vec<Host>,
     extra: String,
+    fleet_keys: String,
 }
 
 impl<'a> ControllerConfig<'a> {
@@ -53,6 +54,7 @@ impl<'a> ControllerConfig<'a> {
             connect_timeout: Some("2s".into()),
             hosts: Vec::new(),
             extra: String::new(),
+            fleet_keys: String::new(),
         }
     }
 
@@ -107,6 +109,13 @@ impl<'a> ControllerConfig<'a> {
         self
     }
 
+    /// A `key = value` line added to `[fleet]`.
+    pub fn fleet_key(mut self, line: &str) -> Self {
+        self.fleet_keys.push_str(line);
+        self.fleet_keys.push('\n');
+        self
+    }
+
     /// The file's text.
     pub fn text(&self) -> String {
         let mut text = format!(
@@ -125,6 +134,7 @@ impl<'a> ControllerConfig<'a> {
         if let Some(t) = &self.connect_timeout {
             text.push_str(&format!("connect_timeout = \"{t}\"\n"));
         }
+        text.push_str(&self.fleet_keys);
         for h in &self.hosts {
             text.push_str(&format!(
                 "[[fleet.hosts]]\nname = \"{}\"\naddress = \"{}\"\nserver_name = \"{}\"\n",

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod aws_seed;
 pub mod certs;
 pub mod controller;
+pub mod imds;
 pub mod maintenance;
 pub mod mariadb;
 pub mod proxy;
