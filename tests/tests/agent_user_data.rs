@@ -126,14 +126,18 @@ fn install_steps_fetch_from_s3_check_the_checksum_and_start_the_unit() {
     let mode = std::fs::metadata(&installed).unwrap().permissions();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o755);
 
-    // The config it wrote is one the agent accepts once enrolment has put its certificate
-    // in place (a test certificate stands in for enrolment here).
+    // The config it wrote is one the agent accepts as it is, with no key or certificate:
+    // it waits for enrolment by its EC2 identity (tests/tests/enrol.rs drives that part).
     let etc = root.join("etc/ops-agent");
-    std::fs::copy(&pki.agent.cert, etc.join("agent.pem")).unwrap();
-    std::fs::copy(&pki.agent.key, etc.join("agent.key")).unwrap();
     let mut cfg_text = std::fs::read_to_string(etc.join("agent.toml")).unwrap();
     cfg_text = cfg_text.replace("/var/lib/ops-agent", root.join("var/lib/ops-agent").to_str().unwrap());
     std::fs::write(etc.join("agent.toml"), cfg_text).unwrap();
+    assert!(!etc.join("agent.key").exists() && !etc.join("agent.pem").exists(), "no key travels in user-data");
+    let cfg = agent::config::AgentConfig::load(&etc.join("agent.toml")).unwrap();
+    assert_eq!(cfg.enrol.map(|e| e.method), Some(agent::enrol::Method::Ec2));
+    // Once enrolment has put a certificate in place, the same config serves with it.
+    std::fs::copy(&pki.agent.cert, etc.join("agent.pem")).unwrap();
+    std::fs::copy(&pki.agent.key, etc.join("agent.key")).unwrap();
     agent::config::AgentConfig::load(&etc.join("agent.toml")).unwrap();
 }
 

@@ -249,7 +249,7 @@ impl Enroller {
             Ok(s) => s,
             Err(e) => return Outcome::Failed { reason: e.to_string() },
         };
-        let not_after = validity.not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let not_after = validity.not_after.replace_nanosecond(0).unwrap_or(validity.not_after).format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         let record = EnrolmentRecord {
             time: super::store::now(),
             event: "enrolled".into(),
@@ -346,7 +346,7 @@ impl Enroller {
             Ok(s) => s,
             Err(e) => return Outcome::Failed { reason: e.to_string() },
         };
-        let not_after = validity.not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let not_after = validity.not_after.replace_nanosecond(0).unwrap_or(validity.not_after).format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         let record = EnrolmentRecord {
             time: super::store::now(),
             event: "rotated".into(),

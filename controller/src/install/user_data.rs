@@ -86,6 +86,11 @@ state_dir = \"/var/lib/ops-agent\"
 ca = \"ca.pem\"
 cert = \"agent.pem\"
 key = \"agent.key\"
+
+# No certificate yet: the agent makes its key, serves only ops.v1.Enroll, and proves which
+# instance it is with the signed identity document from the metadata service.
+[enrol]
+method = \"ec2\"
 "
     )
 }
