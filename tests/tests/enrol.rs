@@ -276,7 +276,7 @@ async fn a_reinstalled_instance_needs_re_enrol_and_a_join_token_enrols_once_and_
         let d = w.pki.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("join-token"), token).unwrap();
-        waiting_agent(&w.pki, name, None, &format!("method = \"join-token\"\njoin_token_file = \"join-token\"\nhost_name = \"build-1\""))
+        waiting_agent(&w.pki, name, None, "method = \"join-token\"\njoin_token_file = \"join-token\"\nhost_name = \"build-1\"")
     };
     let (first, first_dir) = enrol("build-1", &token);
     let (code, v, _) = w.controller(&token_cfg(&[("build-1", first.addr)]), &["fleet", "enroll"]);
@@ -298,4 +298,19 @@ async fn a_reinstalled_instance_needs_re_enrol_and_a_join_token_enrols_once_and_
     let (wrong, _) = enrol("build-1-wrong", out.trim());
     let (code, v, _) = w.controller(&token_cfg(&[("build-1", wrong.addr)]), &["fleet", "enroll", "--re-enrol"]);
     assert_eq!((code, only_row(&v)["kind"].as_str()), (1, Some("token-host")), "{v}");
+}
+
+#[tokio::test]
+async fn with_auto_enrolment_fleet_ping_enrols_a_waiting_agent_and_reaches_it() {
+    let w = World::new().await;
+    let id = fleet_instance(&w, "web-auto").await;
+    let imds = Imds::start(&w.moto, &id, &w.signer);
+    let (agent, dir) = waiting_agent(&w.pki, "web-auto", Some(&imds), "method = \"ec2\"");
+    tag_agent(&w, &id, &agent).await;
+    let cfg = w.ec2_config(&w.signer.cert_file, "auto = true\n");
+    let (code, v, err) = w.controller(&cfg, &["fleet", "ping"]);
+    assert_eq!(code, 0, "{v}\n{err}\nagent:\n{}", agent.stderr());
+    assert_eq!(only_row(&v)["reachable"], true, "{v}");
+    assert!(err.contains("auto-enrolment of web-auto: enrolled"), "{err}");
+    assert!(dir.join("agent.pem").exists());
 }

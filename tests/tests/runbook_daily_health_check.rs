@@ -60,6 +60,7 @@ async fn a_healthy_stack_passes_every_daily_check_and_the_report_says_so() {
         // journal reader: whether a fully read log should say "at least" is still open).
         assert!(summary(daily::AGENT_LOGINS).ends_with("4 failed logins on 2 of 2 hosts"), "{text}");
         assert!(text.contains("2 failed (password 2, invalid user 0, public key 0, local 0); users: root 2"), "{text}");
+        assert_eq!(summary(daily::AGENT_CERTS), "2 agent certificate(s), none expiring within 30 days", "{text}");
         assert!(text.contains("Action items:\n- none"), "{text}");
         assert!(text.contains("Next check: "), "{text}");
 
@@ -70,7 +71,7 @@ async fn a_healthy_stack_passes_every_daily_check_and_the_report_says_so() {
         assert!(std::fs::read_to_string(&txt).unwrap().contains("Result: PASSED"));
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
         assert_eq!(v["exit_code"], 0);
-        assert_eq!(v["checks"].as_array().unwrap().len(), 9);
+        assert_eq!(v["checks"].as_array().unwrap().len(), 10);
         agent.shutdown().await.unwrap();
     })
     .await
@@ -129,11 +130,15 @@ async fn a_broken_stack_fails_and_each_problem_is_named_with_its_action_item() {
         assert!(agents.summary.contains("1 agent(s) unreachable"), "{}", agents.summary);
         assert!(agents.details.iter().any(|d| d.starts_with("web-2: agent unreachable: ") && d.contains("refused")), "{:?}", agents.details);
         assert_eq!(check(daily::BACKUP).status, Status::Ok);
+        // The silent agent's certificate is unknown, never taken as fine.
+        let certs = check(daily::AGENT_CERTS);
+        assert_eq!(certs.status, Status::Fail, "{certs:?}");
+        assert!(certs.details.iter().any(|d| d.starts_with("web-2: agent unreachable: ")), "{:?}", certs.details);
 
         assert!(report.action_items.iter().any(|a| a.starts_with("Review the active alarms")), "{:?}", report.action_items);
         assert!(report.action_items.iter().any(|a| a == "Investigate the 120 error events in the application log"), "{:?}", report.action_items);
         assert!(report.action_items.iter().any(|a| a.starts_with("Follow up on the 8 failed login attempts")), "{:?}", report.action_items);
-        assert!(text.contains("Result: FAILED (4 failed, 2 warnings"), "{text}");
+        assert!(text.contains("Result: FAILED (5 failed, 2 warnings"), "{text}");
         agent.shutdown().await.unwrap();
     })
     .await

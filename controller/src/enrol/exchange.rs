@@ -238,28 +238,35 @@ impl Enroller {
         Outcome::Refused { kind: r.kind().to_string(), reason }
     }
 
-    async fn grant(&self, client: &mut EnrollClient<Channel>, host: &Host, offer: &EnrolmentOffer, decided: (Grant, String, Option<String>)) -> Outcome {
-        let (grant, method, token_id) = decided;
+    /// Signs the CSR for `names` (the first is the identity) and the record to keep of it.
+    fn sign(&self, csr_der: &[u8], names: &[String], host: &Host, event: &str, method: &str) -> Result<(String, EnrolmentRecord), Outcome> {
         let validity = crate::pki::validity_days(self.config.certificate_days);
-        let pem = match self.ca.agent_for_csr(&offer.csr_der, &grant.names, validity) {
-            Ok(p) => p,
-            Err(e) => return Outcome::Failed { reason: format!("cannot sign the CSR: {e}") },
-        };
-        let serial = match crate::pki::serial_of(&pem) {
-            Ok(s) => s,
-            Err(e) => return Outcome::Failed { reason: e.to_string() },
-        };
-        let not_after = validity.not_after.replace_nanosecond(0).unwrap_or(validity.not_after).format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let pem = self
+            .ca
+            .agent_for_csr(csr_der, names, validity)
+            .map_err(|e| Outcome::Failed { reason: format!("cannot sign the CSR: {e}") })?;
+        let serial = crate::pki::serial_of(&pem).map_err(|e| Outcome::Failed { reason: e.to_string() })?;
+        let end = validity.not_after.replace_nanosecond(0).unwrap_or(validity.not_after);
         let record = EnrolmentRecord {
             time: super::store::now(),
-            event: "enrolled".into(),
-            identity: grant.identity.clone(),
+            event: event.into(),
+            identity: names.first().cloned().unwrap_or_default(),
             host: host.name.clone(),
-            method,
-            serial: serial.clone(),
-            not_after: not_after.clone(),
+            method: method.into(),
+            serial,
+            not_after: end.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
             by: self.operator_name.clone(),
         };
+        Ok((pem, record))
+    }
+
+    async fn grant(&self, client: &mut EnrollClient<Channel>, host: &Host, offer: &EnrolmentOffer, decided: (Grant, String, Option<String>)) -> Outcome {
+        let (grant, method, token_id) = decided;
+        let (pem, record) = match self.sign(&offer.csr_der, &grant.names, host, "enrolled", &method) {
+            Ok(x) => x,
+            Err(o) => return o,
+        };
+        let (serial, not_after) = (record.serial.clone(), record.not_after.clone());
         let recorded = (|| {
             let _lock = self.store.lock()?;
             if let Some(id) = &token_id {
@@ -337,26 +344,12 @@ impl Enroller {
             let r = Refusal::NamesMismatch { expected: current_names.clone(), got: csr_names.into_iter().collect() };
             return self.refuse(&mut client, r).await;
         }
-        let validity = crate::pki::validity_days(self.config.certificate_days);
-        let pem = match self.ca.agent_for_csr(&offer.csr_der, &current_names, validity) {
-            Ok(p) => p,
-            Err(e) => return Outcome::Failed { reason: format!("cannot sign the CSR: {e}") },
+        let (pem, record) = match self.sign(&offer.csr_der, &current_names, host, "rotated", "rotation") {
+            Ok(x) => x,
+            Err(o) => return o,
         };
-        let serial = match crate::pki::serial_of(&pem) {
-            Ok(s) => s,
-            Err(e) => return Outcome::Failed { reason: e.to_string() },
-        };
-        let not_after = validity.not_after.replace_nanosecond(0).unwrap_or(validity.not_after).format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-        let record = EnrolmentRecord {
-            time: super::store::now(),
-            event: "rotated".into(),
-            identity,
-            host: host.name.clone(),
-            method: "rotation".into(),
-            serial: serial.clone(),
-            not_after: not_after.clone(),
-            by: self.operator_name.clone(),
-        };
+        debug_assert_eq!(record.identity, identity);
+        let (serial, not_after) = (record.serial.clone(), record.not_after.clone());
         if let Err(e) = self.store.record(&record).map_err(|e| e.to_string()).and_then(|()| crate::pki::record(&self.pki_dir, &record.identity, "agent", &pem).map_err(|e| e.to_string())) {
             return Outcome::Failed { reason: format!("not handed over: the rotation could not be recorded: {e}") };
         }

@@ -83,6 +83,15 @@ pub async fn auth_failures(dialer: &Dialer, hosts: &[Host], since: DateTime<Utc>
     .await
 }
 
+/// Every host's agent certificate: its expiry (Unix ms) and serial.
+pub async fn certificates(dialer: &Dialer, hosts: &[Host], deadline: Instant) -> Vec<HostAnswer<(i64, String)>> {
+    ask_each(dialer, hosts, deadline, |mut c| async move {
+        let info = c.get_host_info(ops_proto::v1::HostInfoRequest {}).await?.into_inner();
+        Ok((info.certificate_not_after_unix_ms, info.certificate_serial))
+    })
+    .await
+}
+
 /// A live snapshot from every host's agent.
 pub async fn live(dialer: &Dialer, hosts: &[Host], deadline: Instant) -> Vec<HostAnswer<Live>> {
     ask_each(dialer, hosts, deadline, |mut c| async move {

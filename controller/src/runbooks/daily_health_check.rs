@@ -31,6 +31,7 @@ pub const ERRORS: &str = "application errors";
 pub const BACKUP: &str = "rds automated backup";
 pub const LOGINS: &str = "failed logins (auth log group)";
 pub const AGENT_LOGINS: &str = "failed logins (agents)";
+pub const AGENT_CERTS: &str = "agent certificates";
 
 /// Runs the daily health check.
 pub async fn run(ctx: &Context) -> Report {
@@ -71,12 +72,21 @@ pub async fn run(ctx: &Context) -> Report {
 
     let listed = instances.as_deref().unwrap_or_default();
     let hosts = ctx.targets().agent_hosts(listed);
-    let (probes, auth) = tokio::join!(probe_all(ctx, listed), async {
-        match &ctx.dialer {
-            Some(d) => Some(agents::auth_failures(d, &hosts, since, ctx.deadline).await),
-            None => None,
+    let (probes, auth, certs) = tokio::join!(
+        probe_all(ctx, listed),
+        async {
+            match &ctx.dialer {
+                Some(d) => Some(agents::auth_failures(d, &hosts, since, ctx.deadline).await),
+                None => None,
+            }
+        },
+        async {
+            match &ctx.dialer {
+                Some(d) => Some(agents::certificates(d, &hosts, ctx.deadline).await),
+                None => None,
+            }
         }
-    });
+    );
     report.checks.push(match &instances {
         Ok(_) => connectivity_check(&probes),
         Err(_) => Check::skipped(CONNECTIVITY, "the instances could not be listed"),
@@ -96,11 +106,49 @@ pub async fn run(ctx: &Context) -> Report {
         (Some(a), None) => with_unreachable_policy(agent_auth_check(AGENT_LOGINS, a, rb.failed_login_threshold), a, rb.unreachable),
         (None, None) => Check::skipped(AGENT_LOGINS, "no agents asked"),
     });
+    report.checks.push(match (&certs, ctx.agents_unavailable(AGENT_CERTS)) {
+        (_, Some(skip)) => skip,
+        (Some(c), None) => with_unreachable_policy(agent_certificates_check(c, now, ctx.cert_window), c, rb.unreachable),
+        (None, None) => Check::skipped(AGENT_CERTS, "no agents asked"),
+    });
 
     report.action_items = action_items(&report, rb.failed_login_threshold);
     report.next_check = next_weekday_morning(&now.with_timezone(&Local));
     report.finished_at = Utc::now();
     report
+}
+
+/// Agent certificates: `warn` naming each one that expires within `window` (renew with
+/// `controller fleet rotate-certs`), `fail` for one already expired. Pure.
+pub fn agent_certificates_check(answers: &[agents::HostAnswer<(i64, String)>], now: DateTime<Utc>, window: std::time::Duration) -> Check {
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2);
+    let now_ms = now.timestamp_millis();
+    let mut details = Vec::new();
+    let mut status = Status::Ok;
+    let mut due = 0;
+    for a in answers {
+        let Ok((not_after, serial)) = &a.answer else { continue };
+        if *not_after <= 0 {
+            continue;
+        }
+        let days = (not_after - now_ms).div_euclid(86_400_000);
+        if *not_after <= now_ms {
+            status = Status::Fail;
+            due += 1;
+            details.push(format!("{}: certificate {serial} expired {} day(s) ago", a.host, -days));
+        } else if not_after - now_ms <= window_ms {
+            status = status.max(Status::Warn);
+            due += 1;
+            details.push(format!("{}: certificate {serial} expires in {days} day(s): controller fleet rotate-certs", a.host));
+        }
+    }
+    let answered = answers.iter().filter(|a| a.answer.is_ok()).count();
+    let summary = if due == 0 {
+        format!("{answered} agent certificate(s), none expiring within {} days", window.as_secs() / 86_400)
+    } else {
+        format!("{due} of {answered} agent certificate(s) expire within {} days", window.as_secs() / 86_400)
+    };
+    Check::new(AGENT_CERTS, status, summary).details(details)
 }
 
 /// One running instance's application probe.
@@ -312,6 +360,25 @@ mod tests {
 
     fn stack(status: &str) -> Stack {
         Stack { name: "S".into(), status: status.into(), reason: None, last_updated: None }
+    }
+
+    #[test]
+    fn agent_certificates_within_the_window_warn_and_expired_ones_fail() {
+        let now = Utc::now();
+        let day = 86_400_000i64;
+        let at = |host: &str, days: i64| agents::HostAnswer {
+            host: host.into(),
+            instance_id: None,
+            answer: Ok((now.timestamp_millis() + days * day + 1000, format!("{host}-serial"))),
+        };
+        let window = std::time::Duration::from_secs(30 * 86_400);
+        let c = agent_certificates_check(&[at("a", 80), at("b", 89)], now, window);
+        assert_eq!(c.status, Status::Ok, "{c:?}");
+        let c = agent_certificates_check(&[at("a", 80), at("b", 10)], now, window);
+        assert_eq!((c.status, c.details.len()), (Status::Warn, 1), "{c:?}");
+        assert!(c.details[0].starts_with("b: certificate b-serial expires in 10 day(s)"), "{c:?}");
+        let c = agent_certificates_check(&[at("a", -2)], now, window);
+        assert_eq!(c.status, Status::Fail, "{c:?}");
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Context {
     pub now: DateTime<Utc>,
     /// When the run must end: every AWS call, probe and agent question is bounded by it.
     pub deadline: tokio::time::Instant,
+    /// Agent certificates expiring within this window are warned about (`[enrol] rotate_before`).
+    pub cert_window: std::time::Duration,
 }
 
 /// A runbook could not start.
@@ -66,7 +68,16 @@ impl Context {
             Err(e) => (None, Some(format!("agent credentials not loaded: {e}"))),
         };
         let deadline = tokio::time::Instant::now() + cfg.runbooks.deadline;
-        Ok(Context { aws, runbooks: cfg.runbooks.clone(), fleet: cfg.fleet.clone(), dialer, dialer_error, now: Utc::now(), deadline })
+        Ok(Context {
+            aws,
+            runbooks: cfg.runbooks.clone(),
+            fleet: cfg.fleet.clone(),
+            dialer,
+            dialer_error,
+            now: Utc::now(),
+            deadline,
+            cert_window: cfg.enrol.rotate_before,
+        })
     }
 
     /// Runs one AWS call within the run's deadline: a call still unanswered then fails

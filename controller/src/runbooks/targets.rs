@@ -196,6 +196,7 @@ mod tests {
             state: state.into(),
             instance_type: None,
             private_ip: Some("10.0.1.5".into()),
+            private_dns: None,
             public_ip: public_ip.map(str::to_string),
             launch_time: None,
             tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),

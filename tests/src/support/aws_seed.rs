@@ -262,6 +262,7 @@ pub fn context_with_fleet(aws: AwsClients, fleet_toml: &str, runbooks_toml: &str
         dialer,
         now: Utc::now(),
         deadline,
+        cert_window: cfg.enrol.rotate_before,
     }
 }
 
