@@ -443,10 +443,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = source.load()?;
             let hosts = fleet::discover(&cfg).await?;
             let dialer = Dialer::from_config(&cfg)?.with_progress(crate::progress::wanted(output));
-            let mut rows = ping::ping(&dialer, &hosts, stats).await;
-            if cfg.enrol.auto {
-                rows = crate::commands::enrol::auto_enrol(&cfg, &dialer, &hosts, rows, stats).await?;
-            }
+            let rows = ping::ping(&dialer, &hosts, stats).await;
             match output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 OutputFormat::Table if stats => print!("{}{}", ping::render(&rows), ping::render_stats(&rows)),

@@ -32,6 +32,8 @@ pub struct Dialer {
     concurrency: usize,
     /// Whether `fan_out` draws a progress bar (a person at a terminal; `progress::wanted`).
     progress: bool,
+    /// `[enrol] auto = true`: an EC2 agent waiting for enrolment is enrolled, then dialled again.
+    auto_enrol: Option<Arc<crate::enrol::auto::AutoEnrol>>,
 }
 
 impl Dialer {
@@ -45,12 +47,13 @@ impl Dialer {
             },
             concurrency: cfg.fleet.concurrency,
             progress: false,
+            auto_enrol: cfg.enrol.auto.then(|| Arc::new(crate::enrol::auto::AutoEnrol::new(cfg))),
         })
     }
 
     /// A dialer from parts (tests build their own TLS configs).
     pub fn new(config: Arc<ClientConfig>, timeouts: DialTimeouts, concurrency: usize) -> Dialer {
-        Dialer { config, timeouts, concurrency: concurrency.max(1), progress: false }
+        Dialer { config, timeouts, concurrency: concurrency.max(1), progress: false, auto_enrol: None }
     }
 
     /// The same dialer, drawing a progress bar over its fan-outs when `on`.
@@ -61,15 +64,25 @@ impl Dialer {
 
     /// Opens a connection to one host's agent.
     pub async fn connect(&self, host: &Host) -> Result<AgentClient<Channel>, ConnectError> {
-        let channel = tls::connect(&host.target(), self.config.clone(), self.timeouts).await?;
-        Ok(AgentClient::new(channel))
+        self.dial(host, self.timeouts).await
     }
 
     /// A connection whose unary calls have no deadline (for long streams).
     pub async fn connect_streaming(&self, host: &Host) -> Result<AgentClient<Channel>, ConnectError> {
-        let timeouts = DialTimeouts { request: None, ..self.timeouts };
-        let channel = tls::connect(&host.target(), self.config.clone(), timeouts).await?;
-        Ok(AgentClient::new(channel))
+        self.dial(host, DialTimeouts { request: None, ..self.timeouts }).await
+    }
+
+    async fn dial(&self, host: &Host, timeouts: DialTimeouts) -> Result<AgentClient<Channel>, ConnectError> {
+        match tls::connect(&host.target(), self.config.clone(), timeouts).await {
+            Ok(channel) => Ok(AgentClient::new(channel)),
+            Err(e) if e.kind == FailureKind::ServerCertificateInvalid => match &self.auto_enrol {
+                Some(auto) if auto.enrol(host).await => {
+                    Ok(AgentClient::new(tls::connect(&host.target(), self.config.clone(), timeouts).await?))
+                }
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs `f` against every host, at most `concurrency` at a time; results come back

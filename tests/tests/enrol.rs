@@ -301,16 +301,26 @@ async fn a_reinstalled_instance_needs_re_enrol_and_a_join_token_enrols_once_and_
 }
 
 #[tokio::test]
-async fn with_auto_enrolment_fleet_ping_enrols_a_waiting_agent_and_reaches_it() {
+async fn with_auto_enrolment_any_fleet_command_enrols_a_waiting_agent_once_and_reaches_it() {
     let w = World::new().await;
-    let id = fleet_instance(&w, "web-auto").await;
-    let imds = Imds::start(&w.moto, &id, &w.signer);
-    let (agent, dir) = waiting_agent(&w.pki, "web-auto", Some(&imds), "method = \"ec2\"");
-    tag_agent(&w, &id, &agent).await;
+    let mut waiting = Vec::new();
+    for name in ["web-a", "web-b"] {
+        let id = fleet_instance(&w, name).await;
+        let imds = Imds::start(&w.moto, &id, &w.signer);
+        let (agent, dir) = waiting_agent(&w.pki, name, Some(&imds), "method = \"ec2\"");
+        tag_agent(&w, &id, &agent).await;
+        waiting.push((imds, agent, dir));
+    }
     let cfg = w.ec2_config(&w.signer.cert_file, "auto = true\n");
+    // diag meets web-a waiting: it enrols it and shows the snapshot.
+    let (code, out, err) = run_clean(&w.moto.env(), &cfg, &["--output", "json", "diag", "web-a", "--count", "1"]);
+    assert_eq!(code, 0, "{out}\n{err}\nagent:\n{}", waiting[0].1.stderr());
+    assert!(err.contains("auto-enrolment of web-a: enrolled"), "{err}");
+    assert!(out.contains("\"cpu_percent\""), "{out}");
+    assert!(waiting[0].2.join("agent.pem").exists() && !waiting[1].2.join("agent.pem").exists());
+    // fleet ping enrols the other one and reaches both; web-a is not enrolled again.
     let (code, v, err) = w.controller(&cfg, &["fleet", "ping"]);
-    assert_eq!(code, 0, "{v}\n{err}\nagent:\n{}", agent.stderr());
-    assert_eq!(only_row(&v)["reachable"], true, "{v}");
-    assert!(err.contains("auto-enrolment of web-auto: enrolled"), "{err}");
-    assert!(dir.join("agent.pem").exists());
+    assert_eq!(code, 0, "{v}\n{err}");
+    assert!(err.contains("auto-enrolment of web-b: enrolled") && !err.contains("web-a"), "{err}");
+    assert!(v.as_array().unwrap().iter().all(|r| r["reachable"] == true), "{v}");
 }

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::aws::AwsClients;
-use crate::config::{ControllerConfig, FleetSource};
+use crate::config::ControllerConfig;
 use crate::enrol::exchange::{Enroller, Outcome};
 use crate::enrol::store::{EnrolmentRecord, Store};
 use crate::fleet::Host;
@@ -24,32 +23,7 @@ pub struct Row {
 
 /// Loads what an enrolment or rotation needs from the config.
 pub async fn enroller(cfg: &ControllerConfig) -> anyhow::Result<Enroller> {
-    let tls = cfg.tls()?;
-    let pki_dir = cfg.enrol.pki_dir().map_err(anyhow::Error::msg)?.to_path_buf();
-    let ca = crate::pki::Ca::load(&pki_dir)?;
-    let own = ops_proto::tls::load_certs(&tls.cert, "certificate")?;
-    let operator_name = own
-        .first()
-        .and_then(|c| ops_proto::identity::PeerIdentity::from_der(c.as_ref()).ok())
-        .map(|id| id.name)
-        .unwrap_or_else(|| "unknown".into());
-    let aws = if cfg.fleet.source == FleetSource::Ec2 || !cfg.enrol.aws_certificates.is_empty() {
-        Some(AwsClients::load(&cfg.aws).await?)
-    } else {
-        None
-    };
-    Ok(Enroller {
-        config: cfg.enrol.clone(),
-        operator: tls.paths(),
-        crl: tls.crl.clone(),
-        operator_name,
-        timeouts: ops_proto::tls::DialTimeouts { connect: cfg.fleet.connect_timeout, request: Some(cfg.fleet.request_timeout) },
-        store: Store::new(&pki_dir),
-        ca,
-        pki_dir,
-        aws,
-        tag_filters: cfg.fleet.tag_filters.clone(),
-    })
+    Ok(crate::enrol::auto::enroller(cfg).await?)
 }
 
 /// The hosts named (all when `names` is empty), or an error naming the unknown one.
@@ -86,7 +60,7 @@ pub fn report(rows: &[Row], output: OutputFormat) -> anyhow::Result<i32> {
         OutputFormat::Table => {
             let mut t = Table::new(["HOST", "ADDRESS", "RESULT", "DETAIL"]);
             for r in rows {
-                let (result, detail) = describe(&r.outcome);
+                let (result, detail) = r.outcome.describe();
                 t.row([r.host.clone(), r.address.clone(), result.into(), detail]);
             }
             let ok = rows.iter().filter(|r| r.outcome.ok()).count();
@@ -94,17 +68,6 @@ pub fn report(rows: &[Row], output: OutputFormat) -> anyhow::Result<i32> {
         }
     }
     Ok(if rows.iter().all(|r| r.outcome.ok()) { 0 } else { 1 })
-}
-
-fn describe(o: &Outcome) -> (&'static str, String) {
-    match o {
-        Outcome::Enrolled { identity, serial, not_after } => ("enrolled", format!("{identity}, serial {serial}, expires {not_after}")),
-        Outcome::AlreadyEnrolled { .. } => ("already enrolled", String::new()),
-        Outcome::Refused { kind, reason } => ("REFUSED", format!("{kind}: {reason}")),
-        Outcome::Rotated { old_serial, serial, not_after } => ("rotated", format!("{old_serial} -> {serial}, expires {not_after}")),
-        Outcome::NotDue { not_after } => ("not due", format!("expires {not_after}")),
-        Outcome::Failed { reason } => ("FAILED", reason.clone()),
-    }
 }
 
 /// `fleet join-token`: a one-time token bound to `host`, printed once on stdout.
@@ -166,39 +129,4 @@ pub fn remove(cfg: &ControllerConfig, name: &str, output: OutputFormat) -> anyho
         }
     }
     Ok(0)
-}
-
-/// `[enrol] auto = true`: hosts whose agent presented a certificate the fleet CA did not
-/// sign (an agent waiting for enrolment does) are enrolled, then pinged again. Only EC2
-/// hosts: a join token is never used without an operator asking.
-pub async fn auto_enrol(
-    cfg: &ControllerConfig,
-    dialer: &crate::client::Dialer,
-    hosts: &[Host],
-    mut rows: Vec<crate::commands::ping::PingRow>,
-    stats: bool,
-) -> anyhow::Result<Vec<crate::commands::ping::PingRow>> {
-    let waiting_kind = ops_proto::tls::FailureKind::ServerCertificateInvalid.as_str();
-    let waiting: Vec<&Host> = hosts
-        .iter()
-        .zip(&rows)
-        .filter(|(h, r)| h.instance_id.is_some() && r.error_kind.as_deref() == Some(waiting_kind))
-        .map(|(h, _)| h)
-        .collect();
-    if waiting.is_empty() {
-        return Ok(rows);
-    }
-    let enroller = enroller(cfg).await?;
-    for row in enrol_hosts(&enroller, &waiting, false).await {
-        let (result, detail) = describe(&row.outcome);
-        eprintln!("auto-enrolment of {}: {result} {detail}", row.host);
-    }
-    let again: Vec<Host> = waiting.into_iter().cloned().collect();
-    let fresh = crate::commands::ping::ping(dialer, &again, stats).await;
-    for f in fresh {
-        if let Some(r) = rows.iter_mut().find(|r| r.name == f.name) {
-            *r = f;
-        }
-    }
-    Ok(rows)
 }

@@ -46,6 +46,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The result's word for a table and its detail.
+    pub fn describe(&self) -> (&'static str, String) {
+        match self {
+            Outcome::Enrolled { identity, serial, not_after } => ("enrolled", format!("{identity}, serial {serial}, expires {not_after}")),
+            Outcome::AlreadyEnrolled { .. } => ("already enrolled", String::new()),
+            Outcome::Refused { kind, reason } => ("REFUSED", format!("{kind}: {reason}")),
+            Outcome::Rotated { old_serial, serial, not_after } => ("rotated", format!("{old_serial} -> {serial}, expires {not_after}")),
+            Outcome::NotDue { not_after } => ("not due", format!("expires {not_after}")),
+            Outcome::Failed { reason } => ("FAILED", reason.clone()),
+        }
+    }
+
     /// Whether the fleet is as the operator asked after this attempt.
     pub fn ok(&self) -> bool {
         matches!(self, Outcome::Enrolled { .. } | Outcome::AlreadyEnrolled { .. } | Outcome::Rotated { .. } | Outcome::NotDue { .. })

@@ -4,6 +4,7 @@
 //! instance-identity document (`identity`), or which host it is with a one-time join token
 //! (`token`); `decide` holds the rules, `store` the records, `exchange` the conversation.
 
+pub mod auto;
 pub mod config;
 pub mod decide;
 pub mod exchange;
