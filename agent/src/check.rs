@@ -31,6 +31,30 @@ impl CheckReport {
 /// Runs every check of a loaded configuration at time `now`.
 pub fn check(cfg: &AgentConfig, now: SystemTime) -> CheckReport {
     let mut report = CheckReport::default();
+    if cfg.enrol.is_some() && !cfg.tls.cert.exists() {
+        // Waiting for enrolment is a normal state; what it needs is the CA and a usable key.
+        match tls::load_certs(&cfg.tls.ca, "CA") {
+            Ok(cas) => report.passed.push(format!("CA {} holds {} certificate(s)", cfg.tls.ca.display(), cas.len())),
+            Err(e) => report.failures.push(e.to_string()),
+        }
+        if cfg.tls.key.exists() {
+            match tls::load_key(&cfg.tls.key) {
+                Ok(_) => report.passed.push(format!("key {} is owner-only and readable", cfg.tls.key.display())),
+                Err(e) => report.failures.push(e.to_string()),
+            }
+        }
+        report.passed.push(format!(
+            "not enrolled yet: no certificate at {}; the agent will make its key if needed and wait for `controller fleet enroll`",
+            cfg.tls.cert.display()
+        ));
+    } else {
+        identity_checks(cfg, now, &mut report);
+    }
+    crl_and_rest(cfg, &mut report);
+    report
+}
+
+fn identity_checks(cfg: &AgentConfig, now: SystemTime, report: &mut CheckReport) {
     match tls_check::check_identity(&cfg.tls_paths(), Usage::Server, now) {
         Ok(id) => {
             for ca in &id.cas {
@@ -54,6 +78,9 @@ pub fn check(cfg: &AgentConfig, now: SystemTime) -> CheckReport {
         }
         Err(e) => report.failures.push(e.to_string()),
     }
+}
+
+fn crl_and_rest(cfg: &AgentConfig, report: &mut CheckReport) {
     if let Some(crl) = &cfg.tls.crl {
         let checked = tls::load_crls(crl).and_then(|crls| {
             let cas = tls::load_certs(&cfg.tls.ca, "CA")?;
@@ -70,7 +97,6 @@ pub fn check(cfg: &AgentConfig, now: SystemTime) -> CheckReport {
             Err(why) => report.failures.push(format!("[cleanup] allowed_roots: {}: {why}", root.display())),
         }
     }
-    report
 }
 
 /// A cleanup root must exist as a directory, and no component of its path may be a

@@ -15,7 +15,7 @@ gives) and never anything that reaches outside the machine.
     imds_standin.py --moto http://127.0.0.1:PORT --instance-id i-... \
         --key signer.key --cert signer.pem [--port 0] [--bind 127.0.0.1] \
         [--region us-east-1] [--port-file FILE] \
-        [--tamper-document] [--document-instance-id ID]
+        [--tamper-document] [--document-instance-id ID] [--local-hostname NAME]
 
 Prints `listening on HOST:PORT` once it accepts connections; exits on SIGTERM.
 """
@@ -63,6 +63,10 @@ def parse_args(argv):
     p.add_argument(
         "--document-instance-id",
         help="sign and serve a document claiming this instance id instead",
+    )
+    p.add_argument(
+        "--local-hostname",
+        help="serve this local-hostname instead of the instance's private DNS name",
     )
     return p.parse_args(argv)
 
@@ -215,7 +219,7 @@ def main(argv):
     routes = {
         "/latest/meta-data/instance-id": args.instance_id,
         "/latest/meta-data/local-ipv4": instance["PrivateIpAddress"],
-        "/latest/meta-data/local-hostname": instance.get("PrivateDnsName", ""),
+        "/latest/meta-data/local-hostname": args.local_hostname or instance.get("PrivateDnsName", ""),
         "/latest/dynamic/instance-identity/document": served,
         "/latest/dynamic/instance-identity/rsa2048": signature,
     }

@@ -203,6 +203,16 @@ async fn each_identity_that_does_not_hold_up_is_refused_on_both_sides_and_audite
     let agent_audit = std::fs::read_to_string(w.pki.path().join("forged/state/audit.log")).unwrap();
     assert!(agent_audit.contains("\"event\":\"enrol_refused\""), "{agent_audit}");
 
+    // The metadata service names a host the instance is not: the CSR asks for a name that
+    // EC2 does not give the instance.
+    let renamed_id = fleet_instance(&w, "renamed").await;
+    let renamed_imds = Imds::start_with(&w.moto, &renamed_id, &w.signer, &["--local-hostname", "bank.example.com"]);
+    let (renamed, _) = waiting_agent(&w.pki, "renamed", Some(&renamed_imds), "method = \"ec2\"");
+    tag_agent(&w, &renamed_id, &renamed).await;
+    let (code, v, _) = w.controller(&cfg, &["fleet", "enroll", "--hosts", "renamed"]);
+    assert_eq!((code, only_row(&v)["kind"].as_str()), (1, Some("names-mismatch")), "{v}");
+    assert!(only_row(&v)["reason"].as_str().unwrap().contains("bank.example.com"), "{v}");
+
     // Not in the fleet, and not running: a static host whose agent is such an instance.
     let stray = seed::instance(&aws, &[("Name", "stray")], true).await;
     let stopped = fleet_instance(&w, "stopped").await;
@@ -232,7 +242,7 @@ async fn each_identity_that_does_not_hold_up_is_refused_on_both_sides_and_audite
 
     let audit = audit_lines(&w.ca_dir.join("enrol-audit.jsonl"));
     let refused: Vec<&str> = audit.iter().filter_map(|l| l["result"]["kind"].as_str()).collect();
-    for kind in ["bad-signature", "address-mismatch", "not-in-fleet", "not-running"] {
+    for kind in ["bad-signature", "address-mismatch", "names-mismatch", "not-in-fleet", "not-running"] {
         assert!(refused.contains(&kind), "{kind} not audited: {audit:?}");
     }
 }

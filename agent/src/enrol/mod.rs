@@ -145,6 +145,7 @@ impl Enrolment {
     /// the key is loaded or made now, so that a restart keeps the same key.
     pub fn open(cfg: &crate::config::AgentConfig, options: tls::ServerOptions) -> Result<Enrolment, EnrolError> {
         let paths = cfg.tls_paths();
+        finish_interrupted_install(&paths);
         let enrolled = paths.cert.is_file();
         let key = if !enrolled && cfg.enrol.is_some() { Some(load_or_make_key(&paths.key)?) } else { None };
         Ok(Enrolment {
@@ -241,8 +242,12 @@ impl Enrolment {
             return Err(EnrolError::NothingPending);
         }
         let dir = self.paths.cert.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let tmp_cert = dir.join(format!(".enrol-cert-{}.pem", std::process::id()));
-        let tmp_key = dir.join(format!(".enrol-key-{}.pem", std::process::id()));
+        let (tmp_cert, tmp_key) = (next_of(&self.paths.cert), next_of(&self.paths.key));
+        // Leftovers of an attempt that failed its checks; never of an interrupted install,
+        // which `open` finished or undid at start.
+        for p in [&tmp_cert, &tmp_key] {
+            let _ = std::fs::remove_file(p);
+        }
         let _cleanup = RemoveOnDrop(vec![tmp_cert.clone(), tmp_key.clone()]);
         write_new(&tmp_cert, cert_pem.as_bytes(), 0o644)?;
         let key_for_check = match &rotation {
@@ -257,6 +262,8 @@ impl Enrolment {
             .map_err(|e| EnrolError::Refused(e.to_string()))?;
         tls::server_config(&candidate, &self.options).map_err(|e| EnrolError::Refused(e.to_string()))?;
         let serial = cert_serial(&tmp_cert)?;
+        // The order `finish_interrupted_install` relies on: the key first, then the
+        // certificate. A crash between the two leaves `cert.next` for the new key.
         if rotating {
             rename(&tmp_key, &self.paths.key)?;
         }
@@ -272,6 +279,45 @@ impl Enrolment {
             }
         }
         Ok(Installed { serial, not_after: std::time::SystemTime::now() + report.cert.expires_in })
+    }
+}
+
+/// `<file>.next`: where a new certificate or key waits for its rename into place.
+fn next_of(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(std::ffi::OsString::from).unwrap_or_default();
+    name.push(".next");
+    path.with_file_name(name)
+}
+
+/// Blocking, at start: finishes or undoes an installation a crash interrupted. With
+/// `key.next` still there, nothing was renamed yet: the old pair is intact and the new
+/// files go. With only `cert.next`, the new key is in place and its certificate was not:
+/// it is put in place if it matches that key and chains to the CA, else removed (then the
+/// agent reports the mismatch, and the host enrols again with `--re-enrol`).
+fn finish_interrupted_install(paths: &TlsPaths) {
+    let (cert_next, key_next) = (next_of(&paths.cert), next_of(&paths.key));
+    if key_next.exists() {
+        let _ = std::fs::remove_file(&key_next);
+        let _ = std::fs::remove_file(&cert_next);
+        tracing::warn!("an interrupted certificate rotation was undone: {} and its key kept", paths.cert.display());
+        return;
+    }
+    if !cert_next.exists() {
+        return;
+    }
+    let candidate = TlsPaths { ca: paths.ca.clone(), cert: cert_next.clone(), key: paths.key.clone() };
+    match tls_check::check_identity(&candidate, Usage::Server, std::time::SystemTime::now()) {
+        Ok(_) => match std::fs::rename(&cert_next, &paths.cert) {
+            Ok(()) => {
+                sync_dir(paths.cert.parent().unwrap_or(Path::new(".")));
+                tracing::warn!("finished an interrupted certificate installation: {} is in place", paths.cert.display());
+            }
+            Err(e) => tracing::error!("cannot finish an interrupted certificate installation ({}): {e}", cert_next.display()),
+        },
+        Err(e) => {
+            let _ = std::fs::remove_file(&cert_next);
+            tracing::error!("removed {}, left by an interrupted installation: {e}", cert_next.display());
+        }
     }
 }
 
@@ -451,6 +497,60 @@ mod tests {
         let pk = ring_verify_key(&key);
         pk.verify(&ops_proto::enrol::nonce_message(&nonce), &offer.nonce_signature).unwrap();
         assert!(signed_offer(&key, vec!["x".into()], &[0u8; 3]).is_err(), "a short nonce is refused");
+    }
+
+    /// A fleet CA and a server certificate for `key` signed by it, written into `dir`.
+    fn pair(dir: &Path, key: &KeyPair, serial: u8) -> (PathBuf, String) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name = name("test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let ca_path = dir.join("ca.pem");
+        if !ca_path.exists() {
+            std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+            std::fs::write(dir.join("ca.key"), ca_key.serialize_pem()).unwrap();
+        }
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(&ca_path).unwrap(), ca_key).unwrap();
+        let mut params = CertificateParams::new(vec!["i-0abc".to_string()]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[serial]));
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        (ca_path, params.signed_by(key, &issuer).unwrap().pem())
+    }
+
+    #[test]
+    fn a_rotation_cut_short_between_its_two_renames_is_finished_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old_key, new_key) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+        let (ca, old_cert) = pair(dir.path(), &old_key, 1);
+        let (_, new_cert) = pair(dir.path(), &new_key, 2);
+        let paths = TlsPaths { ca, cert: dir.path().join("agent.pem"), key: dir.path().join("agent.key") };
+        std::fs::write(&paths.cert, &old_cert).unwrap();
+        // The crash: the new key is in place, its certificate still waits as cert.next.
+        write_new(&paths.key, new_key.serialize_pem().as_bytes(), 0o600).unwrap();
+        std::fs::write(next_of(&paths.cert), &new_cert).unwrap();
+        finish_interrupted_install(&paths);
+        assert_eq!(std::fs::read_to_string(&paths.cert).unwrap(), new_cert);
+        assert!(!next_of(&paths.cert).exists());
+        tls_check::check_identity(&paths, Usage::Server, std::time::SystemTime::now()).unwrap();
+    }
+
+    #[test]
+    fn a_rotation_cut_short_before_its_renames_keeps_the_old_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old_key, new_key) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+        let (ca, old_cert) = pair(dir.path(), &old_key, 1);
+        let (_, new_cert) = pair(dir.path(), &new_key, 2);
+        let paths = TlsPaths { ca, cert: dir.path().join("agent.pem"), key: dir.path().join("agent.key") };
+        std::fs::write(&paths.cert, &old_cert).unwrap();
+        write_new(&paths.key, old_key.serialize_pem().as_bytes(), 0o600).unwrap();
+        write_new(&next_of(&paths.key), new_key.serialize_pem().as_bytes(), 0o600).unwrap();
+        std::fs::write(next_of(&paths.cert), &new_cert).unwrap();
+        finish_interrupted_install(&paths);
+        assert_eq!(std::fs::read_to_string(&paths.cert).unwrap(), old_cert);
+        assert!(!next_of(&paths.cert).exists() && !next_of(&paths.key).exists());
+        tls_check::check_identity(&paths, Usage::Server, std::time::SystemTime::now()).unwrap();
     }
 
     fn ring_verify_key(key: &KeyPair) -> ring::signature::UnparsedPublicKey<Vec<u8>> {
