@@ -5,6 +5,7 @@
 //! (`token`); `decide` holds the rules, `store` the records, `exchange` the conversation.
 
 pub mod auto;
+mod ber;
 pub mod config;
 pub mod decide;
 pub mod exchange;
