@@ -22,12 +22,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ops_proto::identity::Role;
 use ops_proto::tls::{self, AgentTarget, DialTimeouts, TlsPaths};
 use ops_proto::v1::agent_client::AgentClient;
 use ops_proto::v1::{AuthFailuresRequest, HostInfoRequest, SnapshotRequest, StreamSnapshotsRequest};
-use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
 use tokio_stream::StreamExt;
+
+#[path = "support/dist_agent.rs"]
+mod dist_agent;
+use dist_agent::{cpu_ticks, make_pki, status_kb};
 
 #[path = "support/authlog_gen.rs"]
 mod authlog_gen;
@@ -76,49 +78,6 @@ fn imds_standin() -> (String, Arc<AtomicUsize>) {
         }
     });
     (url, served)
-}
-
-fn write_pair(dir: &std::path::Path, name: &str, cert: &str, key: &str) {
-    std::fs::write(dir.join(format!("{name}.pem")), cert).unwrap();
-    std::fs::write(dir.join(format!("{name}.key")), key).unwrap();
-    // The agent refuses a key that group or others can read, as ssh does.
-    std::fs::set_permissions(dir.join(format!("{name}.key")), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-}
-
-fn make_pki(dir: &std::path::Path) {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let mut agent = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    agent.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let k = KeyPair::generate().unwrap();
-    write_pair(dir, "agent", &agent.signed_by(&k, &issuer).unwrap().pem(), &k.serialize_pem());
-    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client.subject_alt_names = vec![SanType::URI(Role::Operator.uri().try_into().unwrap())];
-    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let k = KeyPair::generate().unwrap();
-    write_pair(dir, "client", &client.signed_by(&k, &issuer).unwrap().pem(), &k.serialize_pem());
-}
-
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// CPU time the process has used (user + system), in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat are 12 and 13 after the command name.
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn rss_kb(pid: u32) -> u64 {

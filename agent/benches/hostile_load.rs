@@ -10,17 +10,15 @@
 //! `cargo bench -p agent --bench hostile_load`.
 #![allow(clippy::unwrap_used)] // benches: a panic is the failure report
 
+#[path = "support/dist_agent.rs"]
+mod dist_agent;
+use dist_agent::{connect, dist_agent, make_pki, status_kb};
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ops_proto::identity::Role;
-use ops_proto::tls::{self, AgentTarget, DialTimeouts, TlsPaths};
-use ops_proto::v1::agent_client::AgentClient;
 use ops_proto::v1::{HostInfoRequest, StreamSnapshotsRequest, WatchJobRequest};
-use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
-use tonic::transport::Channel;
 
 /// Never-reading snapshot streams and job watches, each.
 const STREAMS: usize = 50;
@@ -29,60 +27,9 @@ const STREAMS_PER_CONNECTION: usize = 10;
 /// The bound on the agent's resident set during the load.
 const RSS_BOUND_KB: u64 = 16 * 1024;
 
-fn write_pair(dir: &Path, name: &str, cert: &str, key: &str) {
-    std::fs::write(dir.join(format!("{name}.pem")), cert).unwrap();
-    std::fs::write(dir.join(format!("{name}.key")), key).unwrap();
-    // The agent refuses a key that group or others can read, as ssh does.
-    std::fs::set_permissions(dir.join(format!("{name}.key")), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-}
-
-/// A per-run CA, the agent's server certificate and an operator client certificate.
-fn make_pki(dir: &Path) {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let mut agent = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    agent.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let k = KeyPair::generate().unwrap();
-    write_pair(dir, "agent", &agent.signed_by(&k, &issuer).unwrap().pem(), &k.serialize_pem());
-    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client.subject_alt_names = vec![SanType::URI(Role::Operator.uri().try_into().unwrap())];
-    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let k = KeyPair::generate().unwrap();
-    write_pair(dir, "client", &client.signed_by(&k, &issuer).unwrap().pem(), &k.serialize_pem());
-}
-
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// (VmRSS, RssAnon) in KiB; RssAnon is heap and stacks, what a leak or a buffer grows.
 fn rss(pid: u32) -> (u64, u64) {
     (status_kb(pid, "VmRSS:"), status_kb(pid, "RssAnon:"))
-}
-
-/// target/dist/agent next to this bench's own target directory.
-fn dist_agent() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    let bin = target.join("dist").join("agent");
-    assert!(bin.is_file(), "{} is missing: run `cargo build --profile dist -p agent` first", bin.display());
-    bin
-}
-
-async fn connect(dir: &Path, addr: &str) -> AgentClient<Channel> {
-    let paths = TlsPaths { ca: dir.join("ca.pem"), cert: dir.join("client.pem"), key: dir.join("client.key") };
-    let config = tls::client_config(&paths, None).unwrap();
-    let target = AgentTarget { address: addr.to_string(), server_name: "localhost".into() };
-    AgentClient::new(tls::connect(&target, config, DialTimeouts::default()).await.unwrap())
 }
 
 fn main() {

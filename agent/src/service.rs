@@ -20,7 +20,8 @@ use tonic::{Request, Response, Status};
 
 use crate::authlog::sources::AuthSources;
 use crate::authlog::AuthLogError;
-use crate::collect::sampler::{self, Sampler, DEFAULT_CPU_WINDOW, STREAM_BUFFER};
+use crate::collect::sampler::{Sampler, DEFAULT_CPU_WINDOW, STREAM_BUFFER};
+use crate::collect::streams::StreamHub;
 pub use crate::collect::sampler::MIN_STREAM_INTERVAL;
 use crate::collect::{self, top_n};
 use crate::config::AgentConfig;
@@ -36,9 +37,9 @@ pub struct AgentService {
 struct Inner {
     auth: AuthSources,
     sampler: Sampler,
+    streams: StreamHub,
     instance: Arc<Mutex<Result<String, String>>>,
     stats: Arc<Stats>,
-    shutdown: watch::Receiver<bool>,
     jobs: Arc<JobManager>,
     snapshot_streams: Arc<Semaphore>,
     job_watches: Arc<Semaphore>,
@@ -73,9 +74,9 @@ impl AgentService {
             inner: Arc::new(Inner {
                 auth,
                 sampler: Sampler::new(),
+                streams: StreamHub::new(shutdown),
                 instance,
                 stats,
-                shutdown,
                 jobs,
                 snapshot_streams: Arc::new(Semaphore::new(cfg.limits.max_snapshot_streams)),
                 job_watches: Arc::new(Semaphore::new(cfg.limits.max_job_watches)),
@@ -104,6 +105,15 @@ impl AgentService {
     /// The job engine, for shutdown.
     pub fn jobs(&self) -> Arc<JobManager> {
         self.inner.jobs.clone()
+    }
+}
+
+/// Counts a snapshot stream as ended when the hub lets it go.
+struct StreamEnded(Arc<Stats>);
+
+impl Drop for StreamEnded {
+    fn drop(&mut self) {
+        self.0.active_streams.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -178,12 +188,8 @@ impl Agent for AgentService {
         let permit = self.permit(Limit::SnapshotStreams)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stats = self.inner.stats.clone();
-        let shutdown = self.inner.shutdown.clone();
         stats.active_streams.fetch_add(1, Ordering::SeqCst);
-        tokio::spawn(async move {
-            sampler::produce_snapshots(tx, interval, top_n(r.top_n), r.max_count, shutdown).await;
-            stats.active_streams.fetch_sub(1, Ordering::SeqCst);
-        });
+        self.inner.streams.subscribe(tx, interval, top_n(r.top_n), r.max_count, Box::new(StreamEnded(stats)));
         let metrics = self.inner.stats.metrics.clone();
         Ok(Response::new(Held::new(ReceiverStream::new(rx), metrics, Gauge::SnapshotStreams, permit)))
     }

@@ -16,6 +16,7 @@ mod memory;
 mod net;
 pub mod processes;
 pub mod sampler;
+pub mod streams;
 pub mod users;
 
 use std::io::{self, Read};

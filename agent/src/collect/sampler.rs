@@ -1,5 +1,5 @@
-//! The sampler: the CPU-baseline cache behind unary snapshots and the producer of snapshot
-//! streams. Both take their samples on the collectors' lane of the blocking pool
+//! The sampler: the CPU-baseline cache behind unary snapshots, and the shared newest
+//! sample that snapshot streams (`streams`) measure against. Both take their samples on the collectors' lane of the blocking pool
 //! (`crate::pools::COLLECTORS`), so a burst of snapshots cannot take the threads that
 //! job storage and auth-log scans need.
 //!
@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ops_proto::v1::Snapshot;
-use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
-use super::{NetView, RawSample};
+use super::RawSample;
 
 /// Snapshots buffered per stream; when the caller reads slower, samples are dropped and
 /// counted. One waiting snapshot is enough for a reader that keeps up (the next tick is
@@ -92,7 +91,7 @@ impl Sampler {
 }
 
 /// Runs blocking collection work on the collectors' lane.
-async fn blocking<T, E, F>(f: F) -> Result<T, Status>
+pub(super) async fn blocking<T, E, F>(f: F) -> Result<T, Status>
 where
     F: FnOnce() -> Result<T, E> + Send + 'static,
     T: Send + 'static,
@@ -115,7 +114,7 @@ const SHARED_SAMPLE_AGE: Duration = Duration::from_millis(40);
 const _: () = assert!(2 * SHARED_SAMPLE_AGE.as_millis() < MIN_STREAM_INTERVAL.as_millis());
 
 /// A sample at most SHARED_SAMPLE_AGE old: the one another stream just took, or a new one.
-async fn shared_sample() -> Result<Arc<RawSample>, Status> {
+pub(super) async fn shared_sample() -> Result<Arc<RawSample>, Status> {
     let recent = LATEST_SAMPLE.lock().ok().and_then(|g| g.clone()).filter(|s| s.age() < SHARED_SAMPLE_AGE);
     if let Some(sample) = recent {
         return Ok(sample);
@@ -129,79 +128,8 @@ async fn shared_sample() -> Result<Arc<RawSample>, Status> {
 
 /// Whether a stream may reuse socket tables read `age` ago: only while they would still
 /// be under NET_REFRESH old halfway to the next tick, so a 1 Hz stream always reads fresh.
-fn net_view_still_fresh(age: Duration, interval: Duration) -> bool {
+pub(super) fn net_view_still_fresh(age: Duration, interval: Duration) -> bool {
     age + interval / 2 < NET_REFRESH
-}
-
-/// The producer of one snapshot stream. Stops when the caller goes away (send fails or
-/// the channel closes), after `max_count`, or on shutdown; never buffers more than
-/// STREAM_BUFFER snapshots, and takes no sample while they wait unread.
-pub async fn produce_snapshots(
-    tx: mpsc::Sender<Result<Snapshot, Status>>,
-    interval: Duration,
-    top_n: usize,
-    max_count: u32,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut prev = match shared_sample().await {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = tx.send(Err(e)).await;
-            return;
-        }
-    };
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sent = 0u32;
-    let mut dropped = 0u64;
-    let mut net: Option<(tokio::time::Instant, NetView)> = None;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = tx.closed() => return,
-            _ = shutdown.wait_for(|v| *v) => return,
-        }
-        // A caller that does not read gets no work done for it: with its buffer full the
-        // tick is counted as dropped without reading /proc, so fifty never-reading
-        // streams cost fifty sleeping tasks, not five hundred /proc walks a second and
-        // the allocator churn that comes with them. The next snapshot it does read
-        // measures CPU over the longer window since the last sample (cpu_window_ms).
-        if tx.capacity() == 0 {
-            dropped += 1;
-            continue;
-        }
-        let cur = match shared_sample().await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-        };
-        let (p, c) = (prev.clone(), cur.clone());
-        // Refresh when the cached view would be a second old by the next tick's midpoint.
-        let reuse = net
-            .as_ref()
-            .filter(|(at, _)| net_view_still_fresh(at.elapsed(), interval))
-            .map(|(_, view)| view.clone());
-        let fresh = reuse.is_none();
-        let snap = blocking(move || super::build_snapshot_with(&p, &c, top_n, reuse)).await;
-        if let (true, Ok(s)) = (fresh, &snap) {
-            net = Some((tokio::time::Instant::now(), NetView::of(s)));
-        }
-        prev = cur;
-        let snap = snap.map(|mut s| {
-            s.dropped_snapshots = dropped;
-            s
-        });
-        match tx.try_send(snap) {
-            Ok(()) => sent += 1,
-            Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
-        }
-        if max_count > 0 && sent >= max_count {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -217,24 +145,5 @@ mod tests {
         // At 1 Hz or slower every snapshot reads the tables.
         assert!(!net_view_still_fresh(ms(1000), ms(1000)));
         assert!(!net_view_still_fresh(ms(500), ms(1000)));
-    }
-
-    #[tokio::test]
-    async fn a_consumer_that_stops_reading_gets_drops_counted_not_buffered() {
-        let (tx, mut rx) = mpsc::channel(STREAM_BUFFER);
-        let (_stop, shutdown) = watch::channel(false);
-        let producer = tokio::spawn(produce_snapshots(tx, MIN_STREAM_INTERVAL, 1, 0, shutdown));
-        // Read nothing while about ten snapshots are produced: only STREAM_BUFFER can wait.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let mut queued = 0;
-        while let Ok(s) = rx.try_recv() {
-            s.unwrap();
-            queued += 1;
-        }
-        assert_eq!(queued, STREAM_BUFFER);
-        let next = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap().unwrap();
-        assert!(next.dropped_snapshots >= 3, "dropped {}", next.dropped_snapshots);
-        drop(rx);
-        tokio::time::timeout(Duration::from_secs(5), producer).await.unwrap().unwrap();
     }
 }
