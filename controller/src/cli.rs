@@ -156,6 +156,47 @@ pub enum Command {
         #[arg(long)]
         count: Option<u32>,
     },
+    /// Incident response runbooks.
+    #[command(subcommand)]
+    Incident(IncidentCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IncidentCommand {
+    /// High CPU: CloudWatch CPU of the last hour, the host's live view from its agent
+    /// (full screen on a terminal: c/m sort, up/down pick, k kill, q quit), the
+    /// application's ERROR events, then the mitigations asked for, each confirmed (on a
+    /// terminal, or --yes) and recorded in the incident's timeline report. Without --host,
+    /// the hosts whose CloudWatch CPU has stayed above [incident] cpu_threshold.
+    HighCpu {
+        /// A host name or EC2 instance id (default: the hosts in the trigger).
+        #[arg(long, alias = "instance")]
+        host: Option<String>,
+        /// Time between live snapshots (minimum 100ms).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Show this many snapshots instead of the full-screen view (default without a terminal: 3).
+        #[arg(long)]
+        count: Option<u32>,
+        /// Restart the services of [incident] services (agent jobs).
+        #[arg(long)]
+        restart_services: bool,
+        /// Stop the instance, change it to [incident] scale_up_type, start it, wait for its agent.
+        #[arg(long)]
+        scale_up: bool,
+        /// Launch one more instance like this one, tagged into the fleet, with the agent's user-data.
+        #[arg(long)]
+        add_instance: bool,
+        /// Send SIGTERM to this process (agent job; its name is checked before the signal).
+        #[arg(long)]
+        kill: Option<i32>,
+        /// Confirm every mitigation asked for (required without a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Folder for the report (default $XDG_STATE_HOME/ops/reports).
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -514,6 +555,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Runs(RunsCommand::List) => crate::maintenance::runs::list(output),
         Command::Runs(RunsCommand::Show { run_id }) => crate::maintenance::runs::show(&run_id, output),
+        Command::Incident(IncidentCommand::HighCpu { host, interval, count, restart_services, scale_up, add_instance, kill, yes, report_dir }) => {
+            let opts = crate::incident::HighCpuOptions {
+                host,
+                interval: interval.max(Duration::from_millis(100)),
+                count,
+                yes,
+                restart_services,
+                scale_up,
+                add_instance,
+                kill,
+                report_dir,
+            };
+            crate::incident::high_cpu(&source.load()?, &opts, output).await
+        }
         Command::Top { interval, count } => {
             let cfg = source.load()?;
             let hosts = fleet::discover(&cfg).await?;

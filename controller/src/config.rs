@@ -31,6 +31,9 @@ pub struct ControllerConfig {
     /// instance-identity certificates, join tokens, automatic enrolment).
     #[serde(default)]
     pub enrol: crate::enrol::config::EnrolConfig,
+    /// `[incident]`: the high-CPU trigger and what its mitigations may do.
+    #[serde(default)]
+    pub incident: crate::incident::config::IncidentConfig,
     /// The file this was loaded from (not a key of the file).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -305,6 +308,7 @@ impl ControllerConfig {
         self.runbooks.validate().map_err(|e| e.to_string())?;
         self.maintenance.validate()?;
         self.enrol.validate()?;
+        self.incident.validate()?;
         let mode = f.address.as_str();
         if !(mode == "private-ip" || mode == "public-ip" || mode.strip_prefix("tag:").is_some_and(|k| !k.is_empty())) {
             return Err(format!(

@@ -11,6 +11,7 @@ pub mod db;
 pub(crate) mod duration_text;
 pub mod enrol;
 pub mod fleet;
+pub mod incident;
 pub mod install;
 pub mod maintenance;
 pub mod output;

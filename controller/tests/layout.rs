@@ -78,7 +78,8 @@ fn named_paths(code: &str, me: &Module) -> Vec<Module> {
     let mut i = 0;
     while i < bytes.len() {
         let preceded = i > 0 && (ident_char(bytes[i - 1]) || bytes[i - 1] == b':');
-        let base = if preceded {
+        // Paths are ASCII: a byte inside a multi-byte character (a sparkline's bars) is skipped.
+        let base = if preceded || !code.is_char_boundary(i) {
             None
         } else if code[i..].starts_with("crate::") {
             i += "crate::".len();

@@ -13,9 +13,12 @@ pub(crate) struct CpuTimes {
 }
 
 /// What one read of /proc/stat tells.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct StatSummary {
     pub times: CpuTimes,
+    /// Each online CPU's counters, in `cpuN` order (a line that does not parse counts as
+    /// idle-free zero, so that the positions stay right).
+    pub per_core: Vec<CpuTimes>,
     /// Online CPUs (the `cpuN` lines).
     pub cpu_count: u32,
     /// Boot time in seconds since the epoch (`btime`).
@@ -26,18 +29,23 @@ pub(crate) struct StatSummary {
 pub(crate) fn parse_stat(text: &str) -> Option<StatSummary> {
     let mut times = None;
     let mut cpu_count = 0u32;
+    let mut per_core = Vec::new();
     let mut boot_time_secs = None;
     for line in text.lines() {
         let mut fields = line.split_ascii_whitespace();
         match fields.next() {
             Some("cpu") => times = parse_cpu_fields(fields),
-            Some(label) if label.starts_with("cpu") => cpu_count += 1,
+            Some(label) if label.starts_with("cpu") => {
+                cpu_count += 1;
+                per_core.push(parse_cpu_fields(fields).unwrap_or_default());
+            }
             Some("btime") => boot_time_secs = fields.next().and_then(|v| v.parse().ok()),
             _ => {}
         }
     }
     Some(StatSummary {
         times: times?,
+        per_core,
         cpu_count,
         boot_time_secs,
     })
@@ -107,6 +115,8 @@ softirq 706434 0 96543 4 13282 20097 0 1024 317563 0 257921
         assert_eq!(s.times.total, 13744 + 5109 + 63399 + 784 + 78 + 26);
         assert_eq!(s.times.idle, 63399 + 784);
         assert_eq!(s.cpu_count, 2);
+        assert_eq!(s.per_core.len(), 2);
+        assert!(s.per_core.iter().all(|c| c.total > 0 && c.idle <= c.total));
         assert_eq!(s.boot_time_secs, Some(1_796_020_682));
     }
 

@@ -16,6 +16,7 @@ pub fn host_info() -> HostInfo {
         super::read_optional(super::PROC_STAT).and_then(|text| super::cpu::parse_stat(&text));
     let uptime_secs = super::read_optional(PROC_UPTIME).and_then(|text| parse_uptime(&text));
     let cpu_count = stat
+        .as_ref()
         .map(|s| s.cpu_count)
         .filter(|n| *n > 0)
         .or_else(|| {

@@ -171,6 +171,7 @@ pub fn build_snapshot_with(
         taken_at_unix_ms: unix_ms(cur.taken_wall),
         cpu_window_ms: u32::try_from(window.as_millis()).unwrap_or(u32::MAX),
         cpu_percent: cpu::busy_percent(&prev.cpu.times, &cur.cpu.times),
+        per_core_percent: prev.cpu.per_core.iter().zip(&cur.cpu.per_core).map(|(p, c)| cpu::busy_percent(p, c)).collect(),
         cpu_count,
         top_by_cpu: tops.by_cpu,
         top_by_memory: tops.by_memory,

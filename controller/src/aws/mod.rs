@@ -10,6 +10,7 @@ pub mod cloudwatch;
 pub mod ec2;
 pub mod error;
 pub mod iam;
+pub mod instances;
 pub mod logs;
 pub mod rds;
 pub mod secrets;

@@ -159,6 +159,18 @@ pub async fn run(dialer: &Dialer, host: &Host, opts: &DiagOptions, out: &mut dyn
         emit(&snap, host, opts.output, false, out)?;
         return Ok(1);
     }
+    let mut sink = |snap: &Snapshot| emit(snap, host, opts.output, interactive, &mut *out);
+    follow(dialer, host, opts, &mut sink).await
+}
+
+/// The snapshot stream of one host, each snapshot handed to `sink`, until `opts.count`
+/// snapshots were shown, Ctrl-C, or the stream cannot be had again; it reconnects by itself
+/// after an agent restart or a network blip. An error from `sink` ends it.
+pub async fn follow<F>(dialer: &Dialer, host: &Host, opts: &DiagOptions, sink: &mut F) -> Result<u32, DiagError>
+where
+    F: FnMut(&Snapshot) -> std::io::Result<()>,
+{
+    let wrap = |source| DiagError::Connect { host: host.name.clone(), source };
     let interval_ms = u32::try_from(opts.interval.as_millis()).unwrap_or(u32::MAX).max(100);
     let mut shown = 0u32;
     // Failures in a row without a snapshot in between; the view reconnects by itself (an
@@ -193,7 +205,7 @@ pub async fn run(dialer: &Dialer, host: &Host, opts: &DiagOptions, out: &mut dyn
             tokio::select! {
                 item = stream.next() => match item {
                     Some(Ok(snap)) => {
-                        emit(&snap, host, opts.output, interactive, out)?;
+                        sink(&snap)?;
                         shown += 1;
                         failures = 0;
                     }
