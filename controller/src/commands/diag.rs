@@ -38,6 +38,7 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "taken_at_unix_ms": s.taken_at_unix_ms,
         "cpu_window_ms": s.cpu_window_ms,
         "cpu_percent": round2(s.cpu_percent),
+        "per_core_percent": s.per_core_percent.iter().map(|c| round2(*c)).collect::<Vec<_>>(),
         "cpu_count": s.cpu_count,
         "process_count": s.process_count,
         "processes": s.top_by_cpu.iter().map(proc_json).collect::<Vec<_>>(),

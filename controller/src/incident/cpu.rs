@@ -21,15 +21,28 @@ pub struct Period {
 pub const PERIOD_SECS: i64 = 300;
 
 /// The periods from `start` to `end`, each with CloudWatch's figures when it has them.
+/// Each datapoint goes to the period its timestamp falls in (CloudWatch aligns them to the
+/// query's start, which need not be a 5-minute boundary).
 pub fn periods(points: &[Datapoint], start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<Period> {
     let first = start.timestamp() - start.timestamp().rem_euclid(PERIOD_SECS);
-    let mut out = Vec::new();
-    let mut t = first;
-    while t < end.timestamp() {
-        let at = DateTime::from_timestamp(t, 0).unwrap_or(start);
-        let p = points.iter().find(|d| d.timestamp.is_some_and(|ts| ts.timestamp() == t));
-        out.push(Period { start: at, average: p.and_then(|d| d.average), maximum: p.and_then(|d| d.maximum) });
-        t += PERIOD_SECS;
+    let count = usize::try_from((end.timestamp() - first + PERIOD_SECS - 1) / PERIOD_SECS).unwrap_or(0);
+    let mut out: Vec<Period> = (0..count)
+        .map(|i| Period {
+            start: DateTime::from_timestamp(first + i as i64 * PERIOD_SECS, 0).unwrap_or(start),
+            average: None,
+            maximum: None,
+        })
+        .collect();
+    for d in points {
+        let Some(ts) = d.timestamp else { continue };
+        let offset = ts.timestamp() - first;
+        if offset < 0 {
+            continue;
+        }
+        if let Some(p) = out.get_mut((offset / PERIOD_SECS) as usize) {
+            p.average = d.average;
+            p.maximum = d.maximum;
+        }
     }
     out
 }

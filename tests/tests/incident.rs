@@ -1,0 +1,164 @@
+//! `controller incident high-cpu` as an on-call engineer runs it, against moto, a real agent
+//! process and the `systemctl` stand-in: a busy process tops the live JSON stream and the
+//! report's timeline; without a host the incident takes the hosts CloudWatch has seen above
+//! the threshold, not the first instance; restart-services goes through the stand-in only
+//! with --yes; a scale-up changes the type in moto and leaves the instance running, and is
+//! refused for an Auto Scaling group member.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use e2e::support::agent::{config_text, write_config, AgentProcess};
+use e2e::support::aws_seed as seed;
+use e2e::support::certs::TestPki;
+use e2e::support::controller::{run_clean, ControllerConfig};
+use e2e::support::moto::Moto;
+use e2e::support::systemctl::FakeSystemctl;
+
+struct World {
+    moto: Moto,
+    pki: TestPki,
+    agent: AgentProcess,
+    systemctl: FakeSystemctl,
+    reports: PathBuf,
+}
+
+/// A busy loop the test owns, killed when dropped.
+struct Busy(Child);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn busy() -> Busy {
+    Busy(Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap())
+}
+
+async fn world() -> World {
+    let moto = Moto::start();
+    let pki = TestPki::new();
+    let systemctl = FakeSystemctl::new(&pki.path().join("bin"), "active", 0);
+    let services = format!("[services]\nallowed = [\"httpd\"]\nsystemctl = \"{}\"\n", systemctl.path().display());
+    let text = config_text(&pki, &pki.agent, "127.0.0.1:0", "", &services);
+    let agent = AgentProcess::start(&write_config(&pki, "agent-incident", &text));
+    let reports = pki.path().join("reports");
+    World { moto, pki, agent, systemctl, reports }
+}
+
+impl World {
+    fn config(&self, incident: &str) -> PathBuf {
+        ControllerConfig::ec2(&self.pki)
+            .extra(&format!("[aws]\nendpoint_url = \"{}\"\nregion = \"us-east-1\"\n[incident]\npoll = \"1s\"\n{incident}", self.moto.endpoint()))
+            .write()
+    }
+
+    fn incident(&self, cfg: &Path, args: &[&str]) -> (i32, String, String) {
+        let mut full = vec!["incident", "high-cpu", "--report-dir", self.reports.to_str().unwrap()];
+        full.extend_from_slice(args);
+        run_clean(&self.moto.env(), cfg, &full)
+    }
+
+    fn report(&self) -> serde_json::Value {
+        let newest = std::fs::read_dir(&self.reports)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .max()
+            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(newest).unwrap()).unwrap()
+    }
+}
+
+async fn web(w: &World, name: &str) -> String {
+    let aws = w.moto.clients().await;
+    seed::instance(&aws, &[("Project", "TechHealth"), ("Name", name), ("Agent", &w.agent.addr.to_string())], true).await
+}
+
+#[tokio::test]
+async fn a_busy_process_tops_the_live_json_stream_and_the_timeline() {
+    let w = world().await;
+    web(&w, "web-1").await;
+    let hog = busy();
+    let cfg = w.config("");
+    let (code, out, err) = w.incident(&cfg, &["--host", "web-1", "--count", "3", "--interval", "500ms", "--output", "json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let last = &lines[2]["snapshot"];
+    assert_eq!(last["processes"][0]["pid"], hog.0.id(), "{last}");
+    assert!(last["per_core_percent"].as_array().is_some_and(|c| !c.is_empty()), "{last}");
+    let report = w.report();
+    assert_eq!(report["hosts"], serde_json::json!(["web-1"]));
+    let seen: Vec<&str> = report["timeline"].as_array().unwrap().iter().filter(|e| e["kind"] == "seen").map(|e| e["what"].as_str().unwrap()).collect();
+    assert!(seen.iter().any(|s| s.starts_with("web-1: CloudWatch CPU per 5 min")), "{seen:?}");
+    assert!(seen.iter().any(|s| s.starts_with("web-1 at the start: CPU") && s.contains(&hog.0.id().to_string())), "{seen:?}");
+    assert!(seen.iter().any(|s| s.starts_with("web-1 at the end: CPU")), "{seen:?}");
+    assert_eq!(report["by"], "operator-test");
+}
+
+#[tokio::test]
+async fn without_a_host_the_incident_takes_the_hosts_cloudwatch_saw_above_the_threshold() {
+    let w = world().await;
+    let hot = web(&w, "web-hot").await;
+    let cool = web(&w, "web-cool").await;
+    let aws = w.moto.clients().await;
+    let now = chrono::Utc::now();
+    for (id, cpu) in [(&hot, 95.0), (&cool, 20.0)] {
+        let dims = BTreeMap::from([("InstanceId", id.as_str())]);
+        let points: Vec<_> = (1..=4).map(|i| (now - chrono::Duration::minutes(5 * i), cpu)).collect();
+        seed::metric(&aws, "AWS/EC2", "CPUUtilization", &dims, &points).await;
+    }
+    let cfg = w.config("");
+    let (code, out, err) = w.incident(&cfg, &["--count", "1"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("CPU of web-hot, last hour") && !out.contains("CPU of web-cool"), "{out}");
+    assert!(out.contains(" 95.0 %"), "{out}");
+    assert_eq!(w.report()["hosts"], serde_json::json!(["web-hot"]));
+}
+
+#[tokio::test]
+async fn restarting_services_needs_yes_and_goes_through_the_agent() {
+    let w = world().await;
+    web(&w, "web-1").await;
+    let cfg = w.config("services = [\"httpd\"]\n");
+    let (code, out, err) = w.incident(&cfg, &["--host", "web-1", "--count", "1", "--restart-services"]);
+    assert_eq!(code, 1, "not confirmed is not done\n{out}\n{err}");
+    assert!(w.systemctl.calls().is_empty(), "{:?}", w.systemctl.calls());
+    assert!(w.report()["timeline"].as_array().unwrap().iter().any(|e| e["kind"] == "declined"), "{}", w.report());
+
+    let (code, out, err) = w.incident(&cfg, &["--host", "web-1", "--count", "1", "--restart-services", "--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(w.systemctl.calls(), ["restart httpd", "is-active httpd"]);
+    let done = w.report()["timeline"].as_array().unwrap().iter().find(|e| e["kind"] == "done").cloned().unwrap();
+    assert!(done["what"].as_str().unwrap().contains("restart httpd: job"), "{done}");
+}
+
+#[tokio::test]
+async fn a_scale_up_changes_the_type_and_leaves_the_instance_running_but_never_for_an_auto_scaling_member() {
+    let w = world().await;
+    let id = web(&w, "web-1").await;
+    let cfg = w.config("scale_up_type = \"t3.small\"\n");
+    let (code, out, err) = w.incident(&cfg, &["--host", "web-1", "--count", "1", "--scale-up", "--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let aws = w.moto.clients().await;
+    let facts = controller::aws::instances::facts(&aws.ec2, &id).await.unwrap();
+    assert_eq!((facts.instance_type.as_str(), facts.state.as_str()), ("t3.small", "running"));
+    let done = w.report()["timeline"].as_array().unwrap().iter().find(|e| e["kind"] == "done").cloned().unwrap();
+    let steps: Vec<&str> = done["data"]["steps"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert!(steps[0].starts_with(&format!("stop {id}")) && steps.last().unwrap().starts_with("its agent answers again"), "{steps:?}");
+
+    // A member of an Auto Scaling group: refused, nothing stopped or changed.
+    let member = seed::instance(&aws, &[("Project", "TechHealth"), ("Name", "web-asg"), ("Agent", &w.agent.addr.to_string()), ("aws:autoscaling:groupName", "web-asg")], true).await;
+    let (code, out, err) = w.incident(&cfg, &["--host", "web-asg", "--count", "1", "--scale-up", "--yes"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let refused = w.report()["timeline"].as_array().unwrap().iter().find(|e| e["kind"] == "refused").cloned().unwrap();
+    assert!(refused["what"].as_str().unwrap().contains("Auto Scaling group web-asg"), "{refused}");
+    let facts = controller::aws::instances::facts(&aws.ec2, &member).await.unwrap();
+    assert_eq!((facts.instance_type.as_str(), facts.state.as_str()), ("t3.micro", "running"));
+}
