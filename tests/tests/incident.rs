@@ -77,6 +77,10 @@ impl World {
 
 async fn web(w: &World, name: &str) -> String {
     let aws = w.moto.clients().await;
+    // The application's log group exists (an incident that cannot read it says so and exits 1).
+    if !matches!(controller::aws::logs::log_group_exists(&aws.logs, "/aws/ec2/techhealth").await, Ok(true)) {
+        seed::log_group(&aws, "/aws/ec2/techhealth").await;
+    }
     seed::instance(&aws, &[("Project", "TechHealth"), ("Name", name), ("Agent", &w.agent.addr.to_string())], true).await
 }
 
@@ -161,4 +165,91 @@ async fn a_scale_up_changes_the_type_and_leaves_the_instance_running_but_never_f
     assert!(refused["what"].as_str().unwrap().contains("Auto Scaling group web-asg"), "{refused}");
     let facts = controller::aws::instances::facts(&aws.ec2, &member).await.unwrap();
     assert_eq!((facts.instance_type.as_str(), facts.state.as_str()), ("t3.micro", "running"));
+}
+
+/// Runs `args` of the controller in a detached tmux session of 160x45 with `env`; the exit
+/// code lands in `exit_file`.
+fn in_tmux(session: &str, env: &[(&str, String)], cfg: &Path, args: &[&str], exit_file: &Path) {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut cmd = String::from("env -i PATH=/usr/bin:/bin HOME=/nonexistent TERM=xterm-256color");
+    for (k, v) in env {
+        cmd.push_str(&format!(" {k}={}", quote(v)));
+    }
+    cmd.push_str(&format!(" {} --config {}", quote(e2e::support::binary("controller").to_str().unwrap()), quote(cfg.to_str().unwrap())));
+    for a in args {
+        cmd.push_str(&format!(" {}", quote(a)));
+    }
+    cmd.push_str(&format!("; echo $? > {}; sleep 30", quote(exit_file.to_str().unwrap())));
+    let ok = Command::new("tmux").args(["new-session", "-d", "-s", session, "-x", "160", "-y", "45", &cmd]).status();
+    assert!(ok.is_ok_and(|s| s.success()), "cannot start tmux: install tmux (scripts/setup does)");
+}
+
+fn screen(session: &str) -> String {
+    let out = Command::new("tmux").args(["capture-pane", "-p", "-t", session]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn keys(session: &str, keys: &[&str]) {
+    let mut args = vec!["send-keys", "-t", session];
+    args.extend_from_slice(keys);
+    assert!(Command::new("tmux").args(&args).status().unwrap().success());
+}
+
+/// Waits until the screen shows `what`; returns it.
+fn wait_screen(session: &str, what: impl Fn(&str) -> bool, label: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let s = screen(session);
+        if what(&s) {
+            return s;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "the screen never showed {label}:\n{s}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+struct Tmux(String);
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).status();
+    }
+}
+
+#[tokio::test]
+async fn the_full_screen_view_puts_the_busy_process_first_and_kills_the_one_picked_after_confirmation() {
+    let w = world().await;
+    web(&w, "web-1").await;
+    let mut hog = busy();
+    let pid = hog.0.id().to_string();
+    let cfg = w.config("");
+    let session = Tmux(format!("incident-{}", std::process::id()));
+    let exit = w.pki.path().join("exit");
+    in_tmux(&session.0, &w.moto.env(), &cfg, &["incident", "high-cpu", "--host", "web-1", "--interval", "500ms", "--report-dir", w.reports.to_str().unwrap()], &exit);
+    // The first process row is the busy loop.
+    let shown = wait_screen(
+        &session.0,
+        |s| s.lines().skip_while(|l| !l.contains("PID")).nth(1).is_some_and(|row| row.split(|c: char| c.is_whitespace() || c == '│').any(|f| f == pid)),
+        "the busy process on the first row",
+    );
+    assert!(shown.contains("processes by CPU"), "{shown}");
+    assert!(shown.contains("cpu0") && shown.contains("cpu1"), "per-core load: {shown}");
+    keys(&session.0, &["m"]);
+    wait_screen(&session.0, |s| s.contains("processes by memory"), "the memory sort");
+    keys(&session.0, &["c"]);
+    wait_screen(&session.0, |s| s.contains("processes by CPU"), "the CPU sort again");
+    // Pick the first row and ask to kill it: the incident shows what it will do and asks.
+    keys(&session.0, &["k"]);
+    wait_screen(&session.0, |s| s.contains(&format!("send SIGTERM to process {pid} (sh)")) && s.contains("Proceed? [y/N]"), "the confirmation");
+    keys(&session.0, &["y", "Enter"]);
+    let start = std::time::Instant::now();
+    while !exit.exists() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "the incident did not end:\n{}", screen(&session.0));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(std::fs::read_to_string(&exit).unwrap().trim(), "0", "{}", screen(&session.0));
+    let status = hog.0.wait().unwrap();
+    assert!(!status.success(), "the busy loop was signalled: {status:?}");
+    let done = w.report()["timeline"].as_array().unwrap().iter().find(|e| e["kind"] == "done").cloned().unwrap();
+    assert!(done["what"].as_str().unwrap().contains(&format!("kill {pid}: job")), "{done}");
 }

@@ -41,7 +41,10 @@ pub struct ProcRow {
     pub cpu_change: Option<f64>,
     pub memory: f64,
     pub rss_mib: f64,
+    /// The process's short name (comm): what a kill is checked against.
     pub name: String,
+    /// Its command line, or the name for a kernel thread.
+    pub command: String,
 }
 
 /// Everything the screen shows, from the newest snapshot and the one before.
@@ -74,7 +77,8 @@ pub fn view(cur: &Snapshot, prev: Option<&Snapshot>, sort: SortBy, room: usize, 
             cpu_change: before.get(&p.pid).map(|b| p.cpu_percent - b),
             memory: p.memory_percent,
             rss_mib: p.rss_bytes as f64 / 1_048_576.0,
-            name: if p.command_line.is_empty() { p.name.clone() } else { p.command_line.clone() },
+            name: p.name.clone(),
+            command: if p.command_line.is_empty() { p.name.clone() } else { p.command_line.clone() },
         })
         .collect();
     match sort {
@@ -224,7 +228,7 @@ fn draw(f: &mut ratatui::Frame<'_>, v: &View, sort: SortBy, selected: usize) {
             change,
             format!("{:5.1}", r.memory),
             format!("{:8.1}", r.rss_mib),
-            r.name.clone(),
+            r.command.clone(),
         ]);
         if i == selected {
             row.style(Style::default().add_modifier(Modifier::REVERSED))

@@ -71,14 +71,19 @@ pub struct Incident {
     pub by: String,
     pub hosts: Vec<String>,
     pub timeline: Vec<Event>,
-    /// 0 all asked was done (or nothing was asked), 1 something asked was not done, 2
-    /// the incident could not look at its hosts.
+    /// 0: everything was seen and every mitigation asked for was done; 1: something could
+    /// not be read, or a mitigation was refused, declined or failed.
     pub exit_code: i32,
 }
 
 impl Incident {
+    /// Records one event; anything not seen or done (refused, declined, not done) makes the
+    /// incident's exit code 1: it did not do or could not see all it was asked to.
     fn note(&mut self, kind: &'static str, what: impl Into<String>, data: serde_json::Value) {
         let what = what.into();
+        if !matches!(kind, "seen" | "done") {
+            self.exit_code = self.exit_code.max(1);
+        }
         eprintln!("[{}] {kind}: {what}", Utc::now().format("%H:%M:%S"));
         self.timeline.push(Event { time: Utc::now(), kind, what, data });
     }
