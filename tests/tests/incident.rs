@@ -253,3 +253,29 @@ async fn the_full_screen_view_puts_the_busy_process_first_and_kills_the_one_pick
     let done = w.report()["timeline"].as_array().unwrap().iter().find(|e| e["kind"] == "done").cloned().unwrap();
     assert!(done["what"].as_str().unwrap().contains(&format!("kill {pid}: job")), "{done}");
 }
+
+#[tokio::test]
+async fn adding_an_instance_launches_one_like_the_host_tagged_into_the_fleet_with_the_agents_user_data() {
+    let w = world().await;
+    let id = web(&w, "web-1").await;
+    let sha = "ab".repeat(32);
+    let cfg = w.config(&format!("agent_url = \"https://artifacts.example.com/ops-agent\"\nagent_sha256 = \"{sha}\"\n"));
+    let (code, out, err) = w.incident(&cfg, &["--host", "web-1", "--count", "1", "--add-instance", "--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let aws = w.moto.clients().await;
+    let all = controller::aws::ec2::describe_instances(&aws.ec2, &BTreeMap::from([("Project".to_string(), "TechHealth".to_string())]), &["running"]).await.unwrap();
+    let added = all.iter().find(|i| i.id != id).unwrap_or_else(|| panic!("no instance was added: {all:?}"));
+    assert_eq!(added.name.as_deref(), Some("web-1-added"));
+    let original = all.iter().find(|i| i.id == id).unwrap();
+    assert_eq!(added.instance_type, original.instance_type);
+    let attr = aws.ec2.describe_instance_attribute().instance_id(&added.id).attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData).send().await.unwrap();
+    let encoded = attr.user_data().and_then(|u| u.value()).unwrap_or_default().to_string();
+    let out = Command::new("base64").arg("-d").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    out.stdin.as_ref().unwrap().write_all(encoded.as_bytes()).unwrap();
+    let text = String::from_utf8(out.wait_with_output().unwrap().stdout).unwrap();
+    assert!(text.starts_with("#cloud-config") && text.contains(&sha) && text.contains("method = \"ec2\""), "{text}");
+    assert!(!text.contains("PRIVATE KEY"), "no secret in user-data");
+    let done = w.report()["timeline"].as_array().unwrap().iter().find(|e| e["kind"] == "done").cloned().unwrap();
+    assert!(done["what"].as_str().unwrap().contains(&format!("launched {} like {id}", added.id)), "{done}");
+}
