@@ -48,6 +48,10 @@ pub struct AgentConfig {
     /// through user-data): it makes its key, then waits for `controller fleet enroll`.
     #[serde(default)]
     pub enrol: Option<crate::enrol::EnrolConfig>,
+    /// `[[probe_targets]]`: the services this host depends on that `ProbeTarget` may
+    /// connect to (the database, say); it connects nowhere else.
+    #[serde(default)]
+    pub probe_targets: Vec<crate::probe::ProbeTarget>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -300,6 +304,13 @@ impl AgentConfig {
         for (key, p) in files.into_iter().chain(crl) {
             if !p.is_file() {
                 return Err(format!("{key} = {}: no such file", p.display()));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for t in &self.probe_targets {
+            t.validate()?;
+            if !names.insert(t.name.as_str()) {
+                return Err(format!("probe_targets: name {:?} appears twice", t.name));
             }
         }
         if self.tls.reload_check_seconds == 0 || self.tls.reload_check_seconds > 86_400 {

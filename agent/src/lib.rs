@@ -12,5 +12,6 @@ pub mod imds;
 pub mod metrics;
 pub mod pending;
 pub mod pools;
+pub mod probe;
 pub mod server;
 pub mod service;

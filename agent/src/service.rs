@@ -47,6 +47,8 @@ struct Inner {
     started: std::time::Instant,
     /// This agent's certificate, for the expiry and serial host info reports.
     cert_path: std::path::PathBuf,
+    /// The only places `ProbeTarget` connects to.
+    probe_targets: Vec<crate::probe::ProbeTarget>,
 }
 
 impl AgentService {
@@ -83,6 +85,7 @@ impl AgentService {
                 limits: cfg.limits.clone(),
                 started: std::time::Instant::now(),
                 cert_path: cfg.tls.cert.clone(),
+                probe_targets: cfg.probe_targets.clone(),
             }),
         })
     }
@@ -237,6 +240,26 @@ impl Agent for AgentService {
     async fn cancel_job(&self, req: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
         let who = caller(&req)?;
         Ok(Response::new(self.inner.jobs.cancel(&req.into_inner().job_id, &who).await?))
+    }
+
+    async fn probe_target(&self, req: Request<ProbeTargetRequest>) -> Result<Response<ProbeTargetResult>, Status> {
+        authorize(&req, Role::Viewer, "probe a target")?;
+        let name = req.into_inner().name;
+        let Some(t) = self.inner.probe_targets.iter().find(|t| t.name == name) else {
+            let known: Vec<&str> = self.inner.probe_targets.iter().map(|t| t.name.as_str()).collect();
+            return Err(Status::not_found(format!(
+                "no probe target {name:?} in this agent's config (configured: {}); the agent connects only to [[probe_targets]]",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            )));
+        };
+        let f = crate::probe::probe(t).await;
+        Ok(Response::new(ProbeTargetResult {
+            name: t.name.clone(),
+            address: t.address.clone(),
+            outcome: f.outcome.to_string(),
+            detail: f.detail,
+            connect_ms: f.connect_ms,
+        }))
     }
 
     async fn get_agent_stats(&self, req: Request<AgentStatsRequest>) -> Result<Response<AgentStats>, Status> {
