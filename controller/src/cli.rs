@@ -163,6 +163,28 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum IncidentCommand {
+    /// Database connection issues: RDS status, pending maintenance and events, queries
+    /// running longer than [incident] long_query, whether the hosts' security groups may
+    /// reach the database, a connection and MySQL greeting from every host's agent,
+    /// DatabaseConnections; then the mitigations asked for, each confirmed (or --yes).
+    DbConnection {
+        /// Reboot the RDS instance.
+        #[arg(long)]
+        reboot: bool,
+        /// Kill this long-running query (its processlist id; repeatable). Never the
+        /// controller's own session, only queries the incident listed.
+        #[arg(long = "kill-query")]
+        kill_query: Vec<u64>,
+        /// Change the instance class to [incident] db_scale_up_class, applied now.
+        #[arg(long)]
+        scale_up: bool,
+        /// Confirm every mitigation asked for (required without a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Folder for the report (default $XDG_STATE_HOME/ops/reports).
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
+    },
     /// High CPU: CloudWatch CPU of the last hour, the host's live view from its agent
     /// (full screen on a terminal: c/m sort, up/down pick, k kill, q quit), the
     /// application's ERROR events, then the mitigations asked for, each confirmed (on a
@@ -555,6 +577,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Runs(RunsCommand::List) => crate::maintenance::runs::list(output),
         Command::Runs(RunsCommand::Show { run_id }) => crate::maintenance::runs::show(&run_id, output),
+        Command::Incident(IncidentCommand::DbConnection { reboot, kill_query, scale_up, yes, report_dir }) => {
+            let opts = crate::incident::db::DbOptions { reboot, kill_queries: kill_query, scale_up, yes, report_dir };
+            crate::incident::db::db_connection(&source.load()?, &opts, output).await
+        }
         Command::Incident(IncidentCommand::HighCpu { host, interval, count, restart_services, scale_up, add_instance, kill, yes, report_dir }) => {
             let opts = crate::incident::HighCpuOptions {
                 host,

@@ -43,6 +43,8 @@ pub struct IngressRule {
     pub to_port: Option<i32>,
     pub cidrs_v4: Vec<String>,
     pub cidrs_v6: Vec<String>,
+    /// Security groups whose members the rule admits.
+    pub source_groups: Vec<String>,
 }
 
 /// One security group.
@@ -165,6 +167,7 @@ pub async fn describe_security_groups(client: &Client) -> Result<Vec<SecurityGro
                     to_port: p.to_port(),
                     cidrs_v4: p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(str::to_string).collect(),
                     cidrs_v6: p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).map(str::to_string).collect(),
+                    source_groups: p.user_id_group_pairs().iter().filter_map(|g| g.group_id()).map(str::to_string).collect(),
                 })
                 .collect(),
         })

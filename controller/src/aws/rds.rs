@@ -27,6 +27,8 @@ pub struct DbInstance {
     pub storage_encrypted: bool,
     pub publicly_accessible: bool,
     pub allocated_storage_gib: Option<i32>,
+    /// Its VPC security groups.
+    pub security_group_ids: Vec<String>,
 }
 
 /// One RDS snapshot.
@@ -67,8 +69,65 @@ pub async fn describe_db_instances(client: &Client) -> Result<Vec<DbInstance>, A
             storage_encrypted: d.storage_encrypted().unwrap_or(false),
             publicly_accessible: d.publicly_accessible().unwrap_or(false),
             allocated_storage_gib: d.allocated_storage(),
+            security_group_ids: d.vpc_security_groups().iter().filter_map(|g| g.vpc_security_group_id()).map(str::to_string).collect(),
         })
         .collect())
+}
+
+/// One event of an instance (RDS keeps them 14 days).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DbEvent {
+    pub time: Option<DateTime<Utc>>,
+    pub message: String,
+}
+
+/// The instance's events since `since`, oldest first.
+pub async fn events_since(client: &Client, instance_id: &str, since: DateTime<Utc>) -> Result<Vec<DbEvent>, AwsError> {
+    let out = client
+        .describe_events()
+        .source_identifier(instance_id)
+        .source_type(aws_sdk_rds::types::SourceType::DbInstance)
+        .start_time(super::from_utc(since))
+        .send()
+        .await
+        .map_err(|e| classify(SERVICE, "DescribeEvents", e))?;
+    Ok(out.events().iter().map(|e| DbEvent { time: e.date().and_then(super::to_utc), message: e.message().unwrap_or_default().to_string() }).collect())
+}
+
+/// The maintenance actions pending on the instance ("system-update: next window", ...).
+pub async fn pending_maintenance(client: &Client, instance_id: &str) -> Result<Vec<String>, AwsError> {
+    let filter = aws_sdk_rds::types::Filter::builder().name("db-instance-id").values(instance_id).build();
+    let out = client
+        .describe_pending_maintenance_actions()
+        .filters(filter)
+        .send()
+        .await
+        .map_err(|e| classify(SERVICE, "DescribePendingMaintenanceActions", e))?;
+    Ok(out
+        .pending_maintenance_actions()
+        .iter()
+        .flat_map(|r| r.pending_maintenance_action_details())
+        .map(|a| format!("{}: {}", a.action().unwrap_or("?"), a.description().unwrap_or("")))
+        .collect())
+}
+
+/// Reboots the instance.
+pub async fn reboot(client: &Client, instance_id: &str) -> Result<(), AwsError> {
+    client.reboot_db_instance().db_instance_identifier(instance_id).send().await.map_err(|e| classify(SERVICE, "RebootDBInstance", e))?;
+    Ok(())
+}
+
+/// Changes the instance class now (not at the next maintenance window).
+pub async fn set_class(client: &Client, instance_id: &str, class: &str) -> Result<(), AwsError> {
+    client
+        .modify_db_instance()
+        .db_instance_identifier(instance_id)
+        .db_instance_class(class)
+        .apply_immediately(true)
+        .send()
+        .await
+        .map_err(|e| classify(SERVICE, "ModifyDBInstance", e))?;
+    Ok(())
 }
 
 /// Snapshots of one instance of one type ("automated" or "manual"), in the order the

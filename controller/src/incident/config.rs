@@ -39,6 +39,15 @@ pub struct IncidentConfig {
     /// Between two looks at an instance's state.
     #[serde(default = "default_poll", with = "crate::duration_text")]
     pub poll: Duration,
+    /// `db-connection`: queries running at least this long are listed (and may be killed).
+    #[serde(default = "default_long_query", with = "crate::duration_text")]
+    pub long_query: Duration,
+    /// `db-connection`: the `[[probe_targets]]` name the agents know the database by.
+    #[serde(default = "default_probe_target")]
+    pub db_probe_target: String,
+    /// `db-connection --scale-up`: the class to move the database to; unset, refused.
+    #[serde(default)]
+    pub db_scale_up_class: Option<String>,
 }
 
 impl Default for IncidentConfig {
@@ -53,6 +62,9 @@ impl Default for IncidentConfig {
             state_deadline: default_state_deadline(),
             agent_deadline: default_agent_deadline(),
             poll: default_poll(),
+            long_query: default_long_query(),
+            db_probe_target: default_probe_target(),
+            db_scale_up_class: None,
         }
     }
 }
@@ -75,6 +87,12 @@ fn default_agent_deadline() -> Duration {
 fn default_poll() -> Duration {
     Duration::from_secs(5)
 }
+fn default_long_query() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_probe_target() -> String {
+    "database".into()
+}
 
 impl IncidentConfig {
     pub fn validate(&self) -> Result<(), String> {
@@ -96,6 +114,14 @@ impl IncidentConfig {
         }
         if self.agent_url.is_some() != self.agent_sha256.is_some() {
             return Err("[incident] agent_url and agent_sha256 go together".into());
+        }
+        if let Some(c) = &self.db_scale_up_class {
+            if !c.starts_with("db.") {
+                return Err(format!("[incident] db_scale_up_class = {c:?} is not a DB instance class (e.g. \"db.t3.small\")"));
+            }
+        }
+        if self.long_query.is_zero() {
+            return Err("[incident] long_query must be at least 1s".into());
         }
         if self.poll.is_zero() || self.poll > self.state_deadline {
             return Err("[incident] poll must be between 1s and state_deadline".into());

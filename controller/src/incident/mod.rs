@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod cpu;
+pub mod db;
 pub mod live;
 pub mod mitigate;
 
@@ -77,6 +78,28 @@ pub struct Incident {
 }
 
 impl Incident {
+    pub(crate) fn new(kind: &'static str, by: String) -> Incident {
+        Incident { incident: kind, started_at: Utc::now(), finished_at: Utc::now(), by, hosts: Vec::new(), timeline: Vec::new(), exit_code: 0 }
+    }
+
+    /// Writes the report (text and JSON) and says where; returns the exit code.
+    pub(crate) fn finish(mut self, report_dir: Option<&std::path::Path>, output: OutputFormat) -> anyhow::Result<i32> {
+        self.finished_at = Utc::now();
+        let dir = match report_dir {
+            Some(d) => d.to_path_buf(),
+            None => crate::runbooks::default_report_dir()?,
+        };
+        std::fs::create_dir_all(&dir)?;
+        let stem = format!("incident-{}-{}", self.incident, self.started_at.format("%Y%m%d-%H%M%S"));
+        std::fs::write(dir.join(format!("{stem}.txt")), self.render())?;
+        std::fs::write(dir.join(format!("{stem}.json")), serde_json::to_string_pretty(&self)?)?;
+        match output {
+            OutputFormat::Json => eprintln!("Report saved to: {}", dir.join(format!("{stem}.txt")).display()),
+            OutputFormat::Table => println!("\n{}Report saved to: {}", self.render(), dir.join(format!("{stem}.txt")).display()),
+        }
+        Ok(self.exit_code)
+    }
+
     /// Records one event; anything not seen or done (refused, declined, not done) makes the
     /// incident's exit code 1: it did not do or could not see all it was asked to.
     fn note(&mut self, kind: &'static str, what: impl Into<String>, data: serde_json::Value) {
@@ -91,7 +114,8 @@ impl Incident {
     /// The text report.
     pub fn render(&self) -> String {
         let mut s = format!(
-            "High CPU incident, {} to {} UTC, by {}\nHosts: {}\n\nTimeline:\n",
+            "Incident {}, {} to {} UTC, by {}\nHosts: {}\n\nTimeline:\n",
+            self.incident,
             self.started_at.format("%Y-%m-%d %H:%M:%S"),
             self.finished_at.format("%H:%M:%S"),
             self.by,
@@ -124,7 +148,7 @@ pub async fn high_cpu(cfg: &ControllerConfig, opts: &HighCpuOptions, output: Out
     let aws = AwsClients::load(&cfg.aws).await?;
     let dialer = Dialer::from_config(cfg).ok();
     let by = operator_name(cfg);
-    let mut inc = Incident { incident: "high-cpu", started_at: Utc::now(), finished_at: Utc::now(), by, hosts: Vec::new(), timeline: Vec::new(), exit_code: 0 };
+    let mut inc = Incident::new("high-cpu", by);
     let fleet = crate::fleet::discover(cfg).await?;
     let now = Utc::now();
     let hour_ago = now - chrono::Duration::hours(1);
@@ -196,23 +220,10 @@ pub async fn high_cpu(cfg: &ControllerConfig, opts: &HighCpuOptions, output: Out
             }
         }
     }
-    inc.finished_at = Utc::now();
-    let dir = match &opts.report_dir {
-        Some(d) => d.clone(),
-        None => crate::runbooks::default_report_dir()?,
-    };
-    std::fs::create_dir_all(&dir)?;
-    let stem = format!("incident-high-cpu-{}", inc.started_at.format("%Y%m%d-%H%M%S"));
-    std::fs::write(dir.join(format!("{stem}.txt")), inc.render())?;
-    std::fs::write(dir.join(format!("{stem}.json")), serde_json::to_string_pretty(&inc)?)?;
-    match output {
-        OutputFormat::Json => eprintln!("Report saved to: {}", dir.join(format!("{stem}.txt")).display()),
-        OutputFormat::Table => println!("\n{}Report saved to: {}", inc.render(), dir.join(format!("{stem}.txt")).display()),
-    }
-    Ok(inc.exit_code)
+    inc.finish(opts.report_dir.as_deref(), output)
 }
 
-fn operator_name(cfg: &ControllerConfig) -> String {
+pub(crate) fn operator_name(cfg: &ControllerConfig) -> String {
     cfg.tls()
         .ok()
         .and_then(|t| ops_proto::tls::load_certs(&t.cert, "certificate").ok())
@@ -386,7 +397,7 @@ async fn process_name(dialer: Option<&Dialer>, host: &Host, pid: i32) -> Option<
 }
 
 /// On a terminal, asks; without one, only `--yes` confirms.
-fn confirmed(yes: bool) -> bool {
+pub(crate) fn confirmed(yes: bool) -> bool {
     if yes {
         return true;
     }

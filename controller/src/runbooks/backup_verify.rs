@@ -227,6 +227,7 @@ mod tests {
             storage_encrypted: true,
             publicly_accessible: false,
             allocated_storage_gib: Some(20),
+            security_group_ids: vec![],
         }
     }
 

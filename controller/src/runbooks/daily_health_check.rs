@@ -424,6 +424,7 @@ mod tests {
             storage_encrypted: true,
             publicly_accessible: false,
             allocated_storage_gib: None,
+            security_group_ids: vec![],
         };
         assert_eq!(databases_check(&[db("d", "available")], "d").status, Status::Ok);
         assert_eq!(databases_check(&[db("d", "modifying")], "d").status, Status::Warn);

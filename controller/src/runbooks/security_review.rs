@@ -638,7 +638,7 @@ mod tests {
             name: "web".into(),
             description: String::new(),
             vpc_id: None,
-            ingress: vec![IngressRule { protocol: protocol.into(), from_port: from, to_port: to, cidrs_v4: v4, cidrs_v6: v6 }],
+            ingress: vec![IngressRule { protocol: protocol.into(), from_port: from, to_port: to, cidrs_v4: v4, cidrs_v6: v6, source_groups: vec![] }],
         }
     }
 
