@@ -283,7 +283,7 @@ async fn groups(inc: &mut Incident, aws: &AwsClients, db: &rds::DbInstance, flee
         };
         let admits = admitted_by(&db_groups, port, &host_groups, ip);
         if admits.is_empty() {
-            inc.note("seen", format!("{}: NOT allowed to reach {}:{port} by the database's security groups", h.name, db.id), json!({"host": h.name, "groups": host_groups}));
+            inc.note("seen-problem", format!("{}: NOT allowed to reach {}:{port} by the database's security groups", h.name, db.id), json!({"host": h.name, "groups": host_groups}));
         } else {
             inc.note("seen", format!("{}: allowed to reach {}:{port} ({})", h.name, db.id, admits.join(", ")), json!({"host": h.name, "rules": admits}));
         }
