@@ -141,6 +141,10 @@ async fn restarting_services_needs_yes_and_goes_through_the_agent() {
     assert_eq!(w.systemctl.calls(), ["restart httpd", "is-active httpd"]);
     let done = w.report()["timeline"].as_array().unwrap().iter().find(|e| e["kind"] == "done").cloned().unwrap();
     assert!(done["what"].as_str().unwrap().contains("restart httpd: job"), "{done}");
+    // The change is in the audit log beside the reports: its start, then its end.
+    let audit = std::fs::read_to_string(w.reports.join("incident-audit.jsonl")).unwrap();
+    let events: Vec<String> = audit.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string()).collect();
+    assert_eq!(events, ["start", "done"], "{audit}");
 }
 
 #[tokio::test]

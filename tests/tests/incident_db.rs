@@ -174,3 +174,25 @@ async fn an_agent_probes_only_the_targets_of_its_own_config() {
     let r = v.probe_target(ops_proto::v1::ProbeTargetRequest { name: "database".into() }).await.unwrap().into_inner();
     assert_eq!(r.outcome, "answers", "{r:?}");
 }
+
+#[tokio::test]
+async fn reboot_and_scale_up_change_rds_only_when_confirmed_and_scale_up_needs_a_class() {
+    let w = world().await;
+    let aws = w.moto.clients().await;
+    let class = |aws: controller::aws::AwsClients| async move {
+        let all = controller::aws::rds::describe_db_instances(&aws.rds).await.unwrap();
+        all.into_iter().find(|d| d.id == "techhealth-database").unwrap().class.unwrap()
+    };
+    let (code, report, out) = w.run(&w.config(""), &["--scale-up", "--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(events(&report, "refused").iter().any(|r| r.contains("db_scale_up_class")), "{out}");
+    let cfg = w.config("db_scale_up_class = \"db.t3.small\"\n");
+    let (_, report, out) = w.run(&cfg, &["--scale-up"]);
+    assert_eq!(events(&report, "declined").len(), 1, "{out}");
+    assert_eq!(class(aws.clone()).await, "db.t3.micro");
+    let (_, report, out) = w.run(&cfg, &["--scale-up", "--reboot", "--yes"]);
+    let done = events(&report, "done");
+    assert!(done.contains(&"change techhealth-database from db.t3.micro to db.t3.small, applied now"), "{out}");
+    assert!(done.contains(&"reboot RDS instance techhealth-database"), "{out}");
+    assert_eq!(class(aws).await, "db.t3.small");
+}

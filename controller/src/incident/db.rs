@@ -104,7 +104,7 @@ pub async fn db_connection(cfg: &ControllerConfig, opts: &DbOptions, output: Out
     let ic = &cfg.incident;
     let aws = AwsClients::load(&cfg.aws).await?;
     let dialer = Dialer::from_config(cfg).ok();
-    let mut inc = Incident::new("db-connection", super::operator_name(cfg));
+    let mut inc = Incident::new("db-connection", super::operator_name(cfg), opts.report_dir.as_deref())?;
     let id = cfg.maintenance.database.instance_id.clone().unwrap_or_else(|| cfg.runbooks.db_instance_id.clone());
     inc.hosts = vec![id.clone()];
     let now = Utc::now();
@@ -201,20 +201,21 @@ pub async fn db_connection(cfg: &ControllerConfig, opts: &DbOptions, output: Out
                 continue;
             }
             match conn.as_mut() {
-                Some(c) => match c.query_drop(format!("KILL QUERY {qid}")).await {
-                    Ok(()) => inc.note("done", what, json!({"id": qid})),
-                    Err(e) => inc.note("not-done", format!("{what}: {e}"), json!(null)),
+                Some(c) if inc.begin_change(&what) => match c.query_drop(format!("KILL QUERY {qid}")).await {
+                    Ok(()) => inc.end_change(true, what, json!({"id": qid})),
+                    Err(e) => inc.end_change(false, format!("{what}: {e}"), json!(null)),
                 },
+                Some(_) => {}
                 None => inc.note("not-done", format!("{what}: no database connection"), json!(null)),
             }
         }
     }
     if opts.reboot {
         let what = format!("reboot RDS instance {id}");
-        if ask(&mut inc, &what, opts.yes) {
+        if ask(&mut inc, &what, opts.yes) && inc.begin_change(&what) {
             match rds::reboot(&aws.rds, &id).await {
-                Ok(()) => inc.note("done", what, json!(null)),
-                Err(e) => inc.note("not-done", format!("{what}: {e}"), json!(null)),
+                Ok(()) => inc.end_change(true, what, json!(null)),
+                Err(e) => inc.end_change(false, format!("{what}: {e}"), json!(null)),
             }
         }
     }
@@ -224,10 +225,10 @@ pub async fn db_connection(cfg: &ControllerConfig, opts: &DbOptions, output: Out
             (Some(to), Some(from)) if *to == from => inc.note("refused", format!("scale up: {id} is already {to}"), json!(null)),
             (Some(to), from) => {
                 let what = format!("change {id} from {} to {to}, applied now", from.as_deref().unwrap_or("?"));
-                if ask(&mut inc, &what, opts.yes) {
+                if ask(&mut inc, &what, opts.yes) && inc.begin_change(&what) {
                     match rds::set_class(&aws.rds, &id, to).await {
-                        Ok(()) => inc.note("done", what, json!(null)),
-                        Err(e) => inc.note("not-done", format!("{what}: {e}"), json!(null)),
+                        Ok(()) => inc.end_change(true, what, json!(null)),
+                        Err(e) => inc.end_change(false, format!("{what}: {e}"), json!(null)),
                     }
                 }
             }
@@ -236,7 +237,7 @@ pub async fn db_connection(cfg: &ControllerConfig, opts: &DbOptions, output: Out
     if let Some(c) = conn {
         let _ = c.disconnect().await;
     }
-    inc.finish(opts.report_dir.as_deref(), output)
+    inc.finish(output)
 }
 
 fn ask(inc: &mut Incident, what: &str, yes: bool) -> bool {

@@ -75,21 +75,61 @@ pub struct Incident {
     /// 0: everything was seen and every mitigation asked for was done; 1: something could
     /// not be read, or a mitigation was refused, declined or failed.
     pub exit_code: i32,
+    /// Where the reports and the audit log go.
+    #[serde(skip)]
+    dir: PathBuf,
 }
 
-impl Incident {
-    pub(crate) fn new(kind: &'static str, by: String) -> Incident {
-        Incident { incident: kind, started_at: Utc::now(), finished_at: Utc::now(), by, hosts: Vec::new(), timeline: Vec::new(), exit_code: 0 }
-    }
+/// The audit log of changes made by incidents, beside their reports: one JSON line per
+/// confirmed change, written and fsynced before the change starts and again with its end.
+pub const AUDIT_FILE: &str = "incident-audit.jsonl";
 
-    /// Writes the report (text and JSON) and says where; returns the exit code.
-    pub(crate) fn finish(mut self, report_dir: Option<&std::path::Path>, output: OutputFormat) -> anyhow::Result<i32> {
-        self.finished_at = Utc::now();
+impl Incident {
+    /// An incident whose reports and audit lines go to `report_dir` (default
+    /// `$XDG_STATE_HOME/ops/reports`), which is made now so that a change is never started
+    /// that could not be audited.
+    pub(crate) fn new(kind: &'static str, by: String, report_dir: Option<&std::path::Path>) -> anyhow::Result<Incident> {
         let dir = match report_dir {
             Some(d) => d.to_path_buf(),
             None => crate::runbooks::default_report_dir()?,
         };
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create the report folder {}: {e}", dir.display()))?;
+        Ok(Incident { incident: kind, started_at: Utc::now(), finished_at: Utc::now(), by, hosts: Vec::new(), timeline: Vec::new(), exit_code: 0, dir })
+    }
+
+    /// Appends one audit line (fsynced).
+    fn audit(&self, event: &str, what: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        let line = json!({"time": Utc::now(), "incident": self.incident, "started_at": self.started_at, "by": self.by, "event": event, "what": what});
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(AUDIT_FILE))?;
+        writeln!(f, "{line}")?;
+        f.sync_all()
+    }
+
+    /// Before a confirmed change: its audit line, or (when that cannot be written) a
+    /// not-done event and false, so that the change does not happen unaudited.
+    pub(crate) fn begin_change(&mut self, what: &str) -> bool {
+        match self.audit("start", what) {
+            Ok(()) => true,
+            Err(e) => {
+                self.note("not-done", format!("{what}: not started: cannot write the audit log {}: {e}", self.dir.join(AUDIT_FILE).display()), json!(null));
+                false
+            }
+        }
+    }
+
+    /// After a change: how it ended, in the audit log too.
+    pub(crate) fn end_change(&mut self, ok: bool, what: String, data: serde_json::Value) {
+        if let Err(e) = self.audit(if ok { "done" } else { "failed" }, &what) {
+            eprintln!("warning: cannot append to the audit log {}: {e}", self.dir.join(AUDIT_FILE).display());
+        }
+        self.note(if ok { "done" } else { "not-done" }, what, data);
+    }
+
+    /// Writes the report (text and JSON) and says where; returns the exit code.
+    pub(crate) fn finish(mut self, output: OutputFormat) -> anyhow::Result<i32> {
+        self.finished_at = Utc::now();
+        let dir = self.dir.clone();
         let stem = format!("incident-{}-{}", self.incident, self.started_at.format("%Y%m%d-%H%M%S"));
         std::fs::write(dir.join(format!("{stem}.txt")), self.render())?;
         std::fs::write(dir.join(format!("{stem}.json")), serde_json::to_string_pretty(&self)?)?;
@@ -148,7 +188,7 @@ pub async fn high_cpu(cfg: &ControllerConfig, opts: &HighCpuOptions, output: Out
     let aws = AwsClients::load(&cfg.aws).await?;
     let dialer = Dialer::from_config(cfg).ok();
     let by = operator_name(cfg);
-    let mut inc = Incident::new("high-cpu", by);
+    let mut inc = Incident::new("high-cpu", by, opts.report_dir.as_deref())?;
     let fleet = crate::fleet::discover(cfg).await?;
     let now = Utc::now();
     let hour_ago = now - chrono::Duration::hours(1);
@@ -220,7 +260,7 @@ pub async fn high_cpu(cfg: &ControllerConfig, opts: &HighCpuOptions, output: Out
             }
         }
     }
-    inc.finish(opts.report_dir.as_deref(), output)
+    inc.finish(output)
 }
 
 pub(crate) fn operator_name(cfg: &ControllerConfig) -> String {
@@ -380,12 +420,11 @@ async fn mitigate(inc: &mut Incident, cfg: &ControllerConfig, aws: &AwsClients, 
             fleet_tags: &cfg.fleet.tag_filters,
             user_data_b64: user_data.clone(),
         };
-        let done = mitigate::run(&p.mitigation, &ctx).await;
-        let kind = if done.ok { "done" } else { "not-done" };
-        if !done.ok {
-            inc.exit_code = inc.exit_code.max(1);
+        if !inc.begin_change(&p.what) {
+            continue;
         }
-        inc.note(kind, format!("{}: {}", p.what, done.steps.join("; ")), json!({"mitigation": p.mitigation, "steps": done.steps}));
+        let done = mitigate::run(&p.mitigation, &ctx).await;
+        inc.end_change(done.ok, format!("{}: {}", p.what, done.steps.join("; ")), json!({"mitigation": p.mitigation, "steps": done.steps}));
     }
 }
 
