@@ -91,8 +91,9 @@ mod tests {
                 r.fetch_add(1, Ordering::SeqCst);
                 let _ = hold.recv();
             }));
-            // The first call holds the only permit...
-            while TEST_LANE.available() != 0 {
+            // The first call holds the only permit and is running (the permit is taken
+            // before the blocking thread starts the closure: wait for the closure itself)...
+            while TEST_LANE.available() != 0 || running.load(Ordering::SeqCst) == 0 {
                 tokio::task::yield_now().await;
             }
             let r = running.clone();
